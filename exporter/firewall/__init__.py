@@ -1,0 +1,1 @@
+"""The firewall model, its parsers and the packet evaluator."""

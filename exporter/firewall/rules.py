@@ -1,0 +1,126 @@
+"""A normalized firewall ruleset: table -> chains (policy, ordered rules) -> rule.
+
+One model serves iptables, ip6tables and ebtables dumps. A rule keeps its original text and a parse
+of it: the builtin matches (-s, -d, -i, -o, -p, ...) as module "", then each `-m NAME` module with
+its options, then the target (`-j`) or goto (`-g`) with the target's options. Options are not
+interpreted here; the evaluator decides which ones it understands.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Family = Literal["ipv4", "ipv6", "bridge"]
+Backend = Literal["nft", "legacy"]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a match or target: `! --dport 80` is Option("--dport", ("80",), True)."""
+
+    name: str
+    args: tuple[str, ...] = ()
+    negated: bool = False
+
+
+@dataclass(frozen=True)
+class Match:
+    """A match module and its options; module "" holds the builtin matches."""
+
+    module: str
+    options: tuple[Option, ...] = ()
+
+
+@dataclass(frozen=True)
+class Rule:
+    chain: str
+    # 1-based position in its chain, as `iptables -L --line-numbers` counts.
+    position: int
+    # The line as the dump printed it, e.g. "-A DOCKER -s 10.0.0.2/32 -j ACCEPT".
+    text: str
+    matches: tuple[Match, ...] = ()
+    target: str | None = None
+    target_options: tuple[Option, ...] = ()
+    goto: bool = False
+    # Set when the line could not be parsed; the evaluator treats such a rule as undecidable.
+    error: str | None = None
+
+    @property
+    def spec(self) -> str:
+        """The rule without `-A CHAIN`, as `iptables -D CHAIN <spec>` takes it."""
+        head = f"-A {self.chain} "
+        return self.text[len(head):] if self.text.startswith(head) else self.text
+
+    def options(self, module: str | None = None) -> tuple[Option, ...]:
+        """Every option of the rule's matches (of one module when given)."""
+        return tuple(
+            option
+            for match in self.matches
+            if module is None or match.module == module
+            for option in match.options
+        )
+
+
+@dataclass(frozen=True)
+class Chain:
+    name: str
+    # "ACCEPT"/"DROP" for builtin chains, None for user-defined ones.
+    policy: str | None
+    rules: tuple[Rule, ...] = ()
+
+    @property
+    def builtin(self) -> bool:
+        return self.policy is not None
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    chains: dict[str, Chain] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UnknownLine:
+    """A dump line the parser did not understand: kept, never dropped silently."""
+
+    number: int
+    text: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    """Every table of one family as one backend holds it."""
+
+    family: Family
+    backend: Backend
+    tables: dict[str, Table] = field(default_factory=dict)
+    unknown_lines: tuple[UnknownLine, ...] = ()
+    # Comment lines the tool printed, such as "# Warning: iptables-legacy tables present".
+    warnings: tuple[str, ...] = ()
+
+    def chain(self, table: str, chain: str) -> Chain | None:
+        found = self.tables.get(table)
+        return found.chains.get(chain) if found else None
+
+    @property
+    def rule_count(self) -> int:
+        return sum(len(c.rules) for t in self.tables.values() for c in t.chains.values())
+
+    @property
+    def empty(self) -> bool:
+        """No rules and every builtin policy ACCEPT: this backend decides nothing."""
+        return self.rule_count == 0 and all(
+            c.policy in (None, "ACCEPT") for t in self.tables.values() for c in t.chains.values()
+        )
+
+
+@dataclass(frozen=True)
+class IPSet:
+    """An ipset as `ipset save` prints it: its type (hash:net, ...) and its members."""
+
+    name: str
+    type: str
+    family: str  # "inet" or "inet6"
+    members: tuple[str, ...] = ()

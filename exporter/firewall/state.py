@@ -1,0 +1,39 @@
+"""Everything the firewall sources read, in one value the evaluator walks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from exporter.firewall.rules import Backend, IPSet, Ruleset
+
+
+@dataclass(frozen=True)
+class NftablesInfo:
+    """What `nft` shows beyond the iptables-nft and ebtables-nft tables.
+
+    foreign_chains: base chains of other tables (firewalld, nftables.service, ...) hooked where
+    bridged IP traffic passes (prerouting, forward, postrouting of ip/ip6/inet/bridge, netdev
+    ingress), e.g. "inet firewalld filter_FORWARD hook forward". They decide packets too, and the
+    evaluator does not walk nft syntax, so flows they could touch are unknown.
+    docker_tables: Docker 29's own nftables firewall backend tables ("ip docker-bridges", ...).
+    """
+
+    foreign_chains: tuple[str, ...] = ()
+    docker_tables: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FirewallState:
+    # The backend holding Docker's chains (None when neither does).
+    primary_backend: Backend | None = None
+    # One Ruleset per (family, backend) read, ipv4 and ipv6; both backends when both hold rules.
+    rulesets: tuple[Ruleset, ...] = ()
+    # ebtables' bridge family; None when it could not be read (bridge stages are then unknown).
+    bridge: Ruleset | None = None
+    # ipset members by set name; None when sets could not be read.
+    ipsets: dict[str, IPSet] | None = field(default_factory=dict)
+    # None when nft could not be read while nf_tables is in use.
+    nftables: NftablesInfo | None = field(default_factory=NftablesInfo)
+
+    def for_family(self, family: str) -> tuple[Ruleset, ...]:
+        return tuple(r for r in self.rulesets if r.family == family)
