@@ -128,6 +128,9 @@ class Report:
     sources: tuple[SourceStatus, ...] = ()
     # True when every source the check needs was read and a verdict was reached.
     up: bool = False
+    # True when the core ran at all (Docker and the IPv4 rules were read). When False the report
+    # holds no networks, flows or findings, and nothing may be read as "no drift".
+    evaluated: bool = False
     docker_version: str = ""
     settings: HostSettings | None = None
     iptables_backend: str | None = None
