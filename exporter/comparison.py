@@ -1,0 +1,366 @@
+"""The explanation: which of Docker's rules are missing, which rules no link explains, and why.
+
+Flows (flows.py) say what the kernel decides; these findings say which rule to look at. Each names
+the network, the containers, port and protocol, and carries the command that restores Docker's
+state.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator
+
+from exporter.expectations import ExpectedRule, Member, NetworkExpectation, rule_identity
+from exporter.firewall.matches import ADDRESS_OPTIONS, MATCHERS, MatchContext, Packet, side_of
+from exporter.firewall.rules import Rule, Ruleset
+from exporter.firewall.state import FirewallState
+from exporter.model import HostSettings
+from exporter.report import (
+    BLOCKED_LINK_FLOW,
+    BRIDGE_NF_CALL_DISABLED,
+    DUPLICATE_RULE,
+    ICC_DROP_MISSING,
+    ISOLATION_BREACH,
+    MISSING_ACCEPT_RULE,
+    MULTIPLE_BACKENDS,
+    STALE_ACCEPT_RULE,
+    UNEXPECTED_ACCEPT_RULE,
+    UNKNOWN_FLOW,
+    UNPARSED_RULE,
+    UNSUPPORTED_FIREWALL,
+    Finding,
+    Flow,
+    NetworkStatus,
+)
+
+# Matches a rule may carry and still be "a rule for these container addresses" we can judge.
+NEUTRAL_MATCHES = {"", "tcp", "udp", "sctp", "multiport", "comment", "conntrack", "state"}
+MAX_NAMED = 10
+
+
+def _iptables_command(ruleset: Ruleset, primary: str | None) -> str:
+    family = "ip6tables" if ruleset.family == "ipv6" else "iptables"
+    return family if ruleset.backend == primary else f"{family}-{ruleset.backend}"
+
+
+def _reachable_chains(ruleset: Ruleset, table: str, start: str) -> list[str]:
+    """Chains a packet entering `start` can reach, in discovery order."""
+    seen: list[str] = []
+    pending = [start]
+    while pending:
+        name = pending.pop(0)
+        if name in seen:
+            continue
+        chain = ruleset.chain(table, name)
+        if chain is None:
+            continue
+        seen.append(name)
+        for rule in chain.rules:
+            if rule.target and ruleset.chain(table, rule.target) is not None:
+                pending.append(rule.target)
+    return seen
+
+
+def _forward_rules(ruleset: Ruleset) -> Iterator[Rule]:
+    for name in _reachable_chains(ruleset, "filter", "FORWARD"):
+        chain = ruleset.chain("filter", name)
+        if chain is not None:
+            yield from chain.rules
+
+
+def _identity(rule: Rule) -> tuple:
+    return rule_identity(
+        [(m.module, o.name, o.args, o.negated) for m in rule.matches for o in m.options],
+        rule.target or "",
+    )
+
+
+def _expected_identity(expected: ExpectedRule, ruleset: Ruleset) -> tuple | None:
+    """Parse the expected spec with the same parser so both sides compare alike."""
+    from exporter.firewall.parse import parse_iptables_save
+
+    text = f"*filter\n:DOCKER - [0:0]\n-A DOCKER {expected.spec}\nCOMMIT\n"
+    parsed = parse_iptables_save(text, "ipv4", ruleset.backend)
+    chain = parsed.chain("filter", "DOCKER")
+    return _identity(chain.rules[0]) if chain and chain.rules else None
+
+
+class _IntraBridge:
+    """Can a rule match a NEW packet between two members of an icc-disabled network?"""
+
+    def __init__(self, expectation: NetworkExpectation, ctx: MatchContext) -> None:
+        self.expectation = expectation
+        self.members = expectation.members.get("ipv4", ())
+        self.ctx = ctx
+        bridge = expectation.network.bridge
+        first = self.members[0].address if self.members else None
+        self.packet = (
+            Packet("ipv4", first, first, bridge, bridge, "tcp", None, None) if first else None
+        )
+
+    def matched_members(self, rule: Rule) -> tuple[list[Member], list[Member]] | None:
+        """Sources and targets the rule may match, or None when it cannot match such a packet."""
+        if self.packet is None:
+            return None
+        sources, targets = list(self.members), list(self.members)
+        for match in rule.matches:
+            for option in match.options:
+                key = (match.module, option.name)
+                if key in ADDRESS_OPTIONS:
+                    side = side_of(match.module, option, ADDRESS_OPTIONS)
+                    decide = ADDRESS_OPTIONS[key][1]
+                    if side == "src":
+                        sources = [
+                            m for m in sources if decide(option, m.address, self.ctx) is not False
+                        ]
+                    elif side == "dst":
+                        targets = [
+                            m for m in targets if decide(option, m.address, self.ctx) is not False
+                        ]
+                    continue
+                if option.name in ("-p",) or match.module in ("tcp", "udp", "sctp", "multiport"):
+                    continue  # some port or protocol of the flow may match
+                decide_other = MATCHERS.get(key)
+                if decide_other and decide_other(option, self.packet, self.ctx) is False:
+                    return None
+        if not sources or not targets or (len(sources) == 1 and sources == targets):
+            return None
+        return sources, targets
+
+
+def _names(members: Iterable[Member]) -> tuple[str, ...]:
+    return tuple(sorted({m.container.name for m in members}))[:MAX_NAMED]
+
+
+def _names_address(rule: Rule) -> bool:
+    """Whether the rule pins both source and destination addresses (a rule for two hosts)."""
+    sides = set()
+    for option in rule.options(""):
+        if option.name in ("-s", "-d") and not option.negated:
+            sides.add(option.name)
+    return sides == {"-s", "-d"}
+
+
+def rule_findings(
+    expectations: Iterable[NetworkExpectation],
+    firewall: FirewallState,
+) -> tuple[list[Finding], list[NetworkStatus]]:
+    findings: list[Finding] = []
+    statuses: list[NetworkStatus] = []
+    rulesets = [
+        r
+        for r in firewall.for_family("ipv4")
+        if not r.empty or r.backend == firewall.primary_backend
+    ]
+    ctx = MatchContext(firewall.ipsets)
+    for expectation in expectations:
+        network = expectation.network
+        members = expectation.members.get("ipv4", ())
+        expected_rules = expectation.expected_rules()
+        missing = unexpected = 0
+        if not network.icc:
+            present: set[tuple] = set()
+            for ruleset in rulesets:
+                present |= {_identity(r) for r in _forward_rules(ruleset) if r.target == "ACCEPT"}
+            expected_ids = set()
+            for expected in expected_rules:
+                identity = _expected_identity(expected, rulesets[0]) if rulesets else None
+                expected_ids.add(identity)
+                if identity not in present:
+                    missing += 1
+                    link = expected.link
+                    findings.append(Finding(
+                        MISSING_ACCEPT_RULE, network.name,
+                        f"link {link.parent.container.name} -> {link.child.container.name} "
+                        f"(alias {link.alias}) {link.port}: Docker's rule is missing",
+                        containers=(link.parent.container.name, link.child.container.name),
+                        protocol=link.port.protocol, port=link.port.port,
+                        rule=f"-A DOCKER {expected.spec}", restore=expected.restore,
+                    ))  # fmt: skip
+            intra = _IntraBridge(expectation, ctx)
+            addresses = {str(m.address) for m in members}
+            for ruleset in rulesets:
+                command = _iptables_command(ruleset, firewall.primary_backend)
+                for rule in _forward_rules(ruleset):
+                    if rule.target != "ACCEPT" or _identity(rule) in expected_ids:
+                        continue
+                    matched = intra.matched_members(rule)
+                    stale = _stale_hosts(rule, network, addresses)
+                    if matched is None and not stale:
+                        continue
+                    unexpected += 1
+                    sources, targets = matched or ([], [])
+                    kind = STALE_ACCEPT_RULE if stale else UNEXPECTED_ACCEPT_RULE
+                    detail = (
+                        f"ACCEPT for {', '.join(stale)} (no running container has that address)"
+                        if stale
+                        else "ACCEPT between containers that no link explains"
+                    )
+                    findings.append(Finding(
+                        kind, network.name, f"{detail}: {rule.text}",
+                        containers=_names([*sources, *targets]),
+                        rule=rule.text, restore=f"{command} -D {rule.chain} {rule.spec}",
+                    ))  # fmt: skip
+            findings.extend(_icc_drop_findings(expectation, rulesets, firewall.primary_backend))
+        statuses.append(
+            NetworkStatus(
+                name=network.name,
+                bridge=network.bridge,
+                icc=network.icc,
+                containers=len(
+                    {m.container.id for fam in expectation.members.values() for m in fam}
+                ),
+                expected_accept_rules=len(expected_rules) if not network.icc else 0,
+                missing_accept_rules=missing,
+                unexpected_accept_rules=unexpected,
+            )
+        )
+    return findings, statuses
+
+
+def _stale_hosts(rule: Rule, network, addresses: set[str]) -> list[str]:
+    """Host addresses a two-host rule names inside the network's subnets that no container has."""
+    if not _names_address(rule) or any(m.module not in NEUTRAL_MATCHES for m in rule.matches):
+        return []
+    from ipaddress import ip_network
+
+    stale = []
+    for option in rule.options(""):
+        if option.name not in ("-s", "-d") or len(option.args) != 1:
+            continue
+        try:
+            host = ip_network(option.args[0], strict=False)
+        except ValueError:
+            return []
+        if host.num_addresses != 1:
+            return []
+        address = host.network_address
+        in_network = any(address in subnet for subnet in network.subnets if subnet.version == 4)
+        if in_network and str(address) not in addresses:
+            stale.append(str(address))
+    return stale
+
+
+def _icc_drop_findings(
+    expectation: NetworkExpectation, rulesets: list[Ruleset], primary: str | None
+) -> list[Finding]:
+    bridge = expectation.network.bridge
+    for ruleset in rulesets:
+        forward = ruleset.chain("filter", "FORWARD")
+        if forward is not None and forward.policy == "DROP":
+            return []
+        for rule in _forward_rules(ruleset):
+            builtin = {(o.name, o.args, o.negated) for o in rule.options("")}
+            if rule.target == "DROP" and builtin == {
+                ("-i", (bridge,), False),
+                ("-o", (bridge,), False),
+            }:
+                return []
+    if not rulesets:
+        return []
+    chain = "DOCKER-FORWARD" if rulesets[0].chain("filter", "DOCKER-FORWARD") else "FORWARD"
+    return [
+        Finding(
+            ICC_DROP_MISSING,
+            expectation.network.name,
+            f"no DROP for traffic between containers on {bridge} (icc is disabled) and the "
+            "FORWARD policy is not DROP",
+            rule=f"-A {chain} -i {bridge} -o {bridge} -j DROP",
+            restore=f"iptables -A {chain} -i {bridge} -o {bridge} -j DROP",
+        )
+    ]
+
+
+def duplicate_findings(firewall: FirewallState, bridges: dict[str, str]) -> list[Finding]:
+    """The same rule twice in one chain: Docker never does that; a reload script or hand did."""
+    findings = []
+    for ruleset in firewall.rulesets:
+        for table in ruleset.tables.values():
+            for chain in table.chains.values():
+                counted = Counter(r.spec for r in chain.rules)
+                for spec, count in counted.items():
+                    if count < 2:
+                        continue
+                    network = next((n for b, n in bridges.items() if f" {b} " in f" {spec} "), "")
+                    if not network and not chain.name.startswith("DOCKER"):
+                        continue
+                    command = _iptables_command(ruleset, firewall.primary_backend)
+                    findings.append(Finding(
+                        DUPLICATE_RULE, network,
+                        f"rule appears {count} times in {ruleset.backend} {table.name} "
+                        f"{chain.name}",
+                        family=ruleset.family, rule=f"-A {chain.name} {spec}",
+                        restore=f"{command} -t {table.name} -D {chain.name} {spec}",
+                    ))  # fmt: skip
+    return findings
+
+
+def host_findings(
+    firewall: FirewallState,
+    settings: HostSettings | None,
+    expectations: Iterable[NetworkExpectation],
+) -> list[Finding]:
+    findings: list[Finding] = []
+    isolated = [e for e in expectations if not e.network.icc and len(e.members.get("ipv4", ())) > 1]
+    if settings is not None and settings.bridge_nf_call_iptables == 0 and isolated:
+        findings.append(Finding(
+            BRIDGE_NF_CALL_DISABLED, "",
+            "net.bridge.bridge-nf-call-iptables is 0: bridged traffic skips iptables, so icc=false "
+            f"is not enforced on {', '.join(e.network.name for e in isolated)}",
+            restore="sysctl -w net.bridge.bridge-nf-call-iptables=1",
+        ))  # fmt: skip
+    backends = sorted({r.backend for r in firewall.rulesets if r.rule_count > 0})
+    if len(backends) > 1:
+        findings.append(Finding(
+            MULTIPLE_BACKENDS, "",
+            "both iptables backends hold rules (" + ", ".join(backends) + "); both apply to every "
+            "packet, a DROP in either drops it",
+        ))  # fmt: skip
+    for ruleset in [*firewall.rulesets, *([firewall.bridge] if firewall.bridge else [])]:
+        for line in ruleset.unknown_lines:
+            findings.append(Finding(
+                UNPARSED_RULE, "", f"{ruleset.family} {ruleset.backend} line {line.number} not "
+                f"understood ({line.reason})", family=ruleset.family, rule=line.text,
+            ))  # fmt: skip
+        for table in ruleset.tables.values():
+            for chain in table.chains.values():
+                for rule in chain.rules:
+                    if rule.error:
+                        findings.append(Finding(
+                            UNPARSED_RULE, "", f"{ruleset.family} {ruleset.backend} {table.name} "
+                            f"rule not understood ({rule.error})", family=ruleset.family,
+                            rule=rule.text,
+                        ))  # fmt: skip
+    nft = firewall.nftables
+    if nft is not None:
+        for table in nft.docker_tables:
+            findings.append(Finding(
+                UNSUPPORTED_FIREWALL, "", f"Docker's nftables firewall backend ({table}) is not "
+                "evaluated yet: its flows are reported unknown",
+            ))  # fmt: skip
+        for chain in nft.foreign_chains:
+            findings.append(Finding(
+                UNSUPPORTED_FIREWALL, "", f"nftables chain {chain} also decides bridged packets "
+                "and is not evaluated: flows are reported unknown",
+            ))  # fmt: skip
+    return findings
+
+
+def flow_findings(flows: Iterable[Flow]) -> list[Finding]:
+    findings = []
+    for flow in flows:
+        if flow.expected == flow.actual:
+            continue
+        port = f"{flow.protocol}/{flow.port}" if flow.port is not None else f"{flow.protocol} probe"
+        if flow.actual == "unknown":
+            kind, what = UNKNOWN_FLOW, f"verdict unknown ({flow.reason})"
+        elif flow.expected == "deny":
+            kind, what = ISOLATION_BREACH, f"allowed but must be denied ({flow.reason})"
+        else:
+            kind, what = BLOCKED_LINK_FLOW, f"link flow denied ({flow.reason})"
+        findings.append(Finding(
+            kind, flow.network, f"{flow.source} -> {flow.target} {port} {flow.family}: {what}",
+            containers=(flow.source, flow.target), protocol=flow.protocol, port=flow.port,
+            family=flow.family,
+        ))  # fmt: skip
+    return findings

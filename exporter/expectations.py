@@ -1,0 +1,147 @@
+"""What Docker's declared state says must be allowed and denied, and the rules it must have written.
+
+Per bridge network: with icc enabled every container may reach every other. With icc disabled
+nothing passes between containers except, on the default bridge, each legacy link: the parent (the
+container started with --link) may reach the child on every port/protocol the child exposes, and
+Docker writes two ACCEPT rules for it in chain DOCKER. Legacy links exist on the default bridge
+only (on user-defined networks --link only adds a DNS alias) and for IPv4 only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import ip_network
+
+from exporter.model import Container, DockerState, ExposedPort, IPAddress, Network
+from exporter.report import ICC_POSTURE, IPTABLES_POSTURE, Finding
+
+LINK_CHAIN = "DOCKER"
+
+
+@dataclass(frozen=True)
+class Member:
+    """A running container on one network, by its address there."""
+
+    container: Container
+    address: IPAddress
+
+
+@dataclass(frozen=True)
+class LinkFlow:
+    parent: Member
+    child: Member
+    alias: str
+    port: ExposedPort
+
+
+@dataclass(frozen=True)
+class ExpectedRule:
+    """One ACCEPT rule Docker writes for a link, in the form iptables-save prints it."""
+
+    link: LinkFlow
+    spec: str
+
+    @property
+    def restore(self) -> str:
+        return f"iptables -I {LINK_CHAIN} {self.spec}"
+
+
+@dataclass(frozen=True)
+class NetworkExpectation:
+    network: Network
+    members: dict[str, tuple[Member, ...]]  # by family: "ipv4", "ipv6"
+    link_flows: tuple[LinkFlow, ...] = ()
+
+    def expected_rules(self) -> tuple[ExpectedRule, ...]:
+        return tuple(
+            rule for link in self.link_flows for rule in link_rules(link, self.network.bridge)
+        )
+
+
+def link_rules(link: LinkFlow, bridge: str) -> tuple[ExpectedRule, ExpectedRule]:
+    """The pair Docker's (*ChainInfo).Link writes: parent -> child:port, and the reply rule."""
+    proto = link.port.protocol
+    parent, child = link.parent.address, link.child.address
+    common = f"-i {bridge} -o {bridge} -p {proto} -m {proto}"
+    forward = f"-s {parent}/32 -d {child}/32 {common} --dport {link.port.port} -j ACCEPT"
+    reverse = f"-s {child}/32 -d {parent}/32 {common} --sport {link.port.port} -j ACCEPT"
+    return ExpectedRule(link, forward), ExpectedRule(link, reverse)
+
+
+def rule_identity(spec_options: list[tuple[str, str, tuple[str, ...], bool]], target: str) -> tuple:
+    """A rule's meaning regardless of how a tool printed it (order, /32 or not)."""
+    normalized = []
+    for module, name, args, negated in spec_options:
+        if name in ("-s", "-d") and len(args) == 1:
+            try:
+                args = (str(ip_network(args[0], strict=False)),)
+            except ValueError:
+                pass
+        normalized.append((module, name, args, negated))
+    return (frozenset(normalized), target)
+
+
+def network_expectations(state: DockerState) -> tuple[NetworkExpectation, ...]:
+    result = []
+    for network in state.networks:
+        members: dict[str, list[Member]] = {"ipv4": [], "ipv6": []}
+        for container in state.containers:
+            endpoint = container.endpoint(network.id)
+            if endpoint is None:
+                continue
+            if endpoint.ipv4 is not None:
+                members["ipv4"].append(Member(container, endpoint.ipv4))
+            if endpoint.ipv6 is not None:
+                members["ipv6"].append(Member(container, endpoint.ipv6))
+        links: list[LinkFlow] = []
+        if network.default_bridge and not network.icc:
+            by_id = {m.container.id: m for m in members["ipv4"]}
+            for parent in members["ipv4"]:
+                for link in parent.container.links:
+                    child = by_id.get(link.child_id)
+                    if child is None:
+                        continue
+                    links.extend(
+                        LinkFlow(parent, child, link.alias, port)
+                        for port in child.container.exposed
+                    )
+        result.append(
+            NetworkExpectation(
+                network,
+                {family: tuple(found) for family, found in members.items()},
+                tuple(links),
+            )
+        )
+    return tuple(result)
+
+
+def posture_findings(
+    state: DockerState, iptables_managed: bool | None, expect_icc: str, expect_iptables: str
+) -> tuple[Finding, ...]:
+    """The operator's wanted posture: --expect.icc applies to the daemon's default bridge (the
+    --icc flag); user-defined networks declare their own enable_icc."""
+    findings = []
+    if expect_icc in ("disabled", "enabled"):
+        want = expect_icc == "enabled"
+        for network in state.networks:
+            if network.default_bridge and network.icc != want:
+                findings.append(
+                    Finding(
+                        ICC_POSTURE,
+                        network.name,
+                        f"icc is {'enabled' if network.icc else 'disabled'} on {network.bridge}, "
+                        f"expected {expect_icc}",
+                        restore=f"restart dockerd with --icc={'true' if want else 'false'}",
+                    )
+                )
+    if expect_iptables == "enabled" and iptables_managed is not True:
+        state_text = "disabled" if iptables_managed is False else "unknown"
+        findings.append(
+            Finding(
+                IPTABLES_POSTURE,
+                "",
+                f"dockerd iptables management is {state_text}, expected enabled",
+                restore="restart dockerd with --iptables=true",
+            )
+        )
+    return tuple(findings)

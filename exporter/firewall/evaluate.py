@@ -1,0 +1,277 @@
+"""Walk a packet through the kernel's chains the way netfilter would, and say what happens to it.
+
+A bridged packet between two containers meets, in order (br_netfilter calls the IP hooks from the
+bridge hooks): ebtables broute and nat PREROUTING; iptables raw, mangle and nat PREROUTING; ebtables
+filter FORWARD; iptables mangle, filter and security FORWARD; ebtables nat POSTROUTING; iptables
+mangle and nat POSTROUTING. The IP stages run only while bridge-nf-call-iptables (ip6tables for
+IPv6) is 1. Both iptables backends hook every stage: an ACCEPT in one ends only that backend's
+chain, a DROP in either drops the packet.
+
+Where a match cannot be decided the walk takes both branches; a verdict is given only when every
+branch agrees. Targets that rewrite the packet (DNAT, NOTRACK, ...) end a branch as unknown:
+the packet after them is not the one asked about.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from exporter.firewall.matches import BRIDGE_MATCHERS, MATCHERS, MatchContext, Packet, Tri
+from exporter.firewall.rules import Chain, Rule, Ruleset
+from exporter.firewall.state import FirewallState
+
+# Stages as (family kind, table, chain), in the order a bridged packet meets them.
+STAGES: tuple[tuple[str, str, str], ...] = (
+    ("bridge", "broute", "BROUTING"),
+    ("bridge", "nat", "PREROUTING"),
+    ("ip", "raw", "PREROUTING"),
+    ("ip", "mangle", "PREROUTING"),
+    ("ip", "nat", "PREROUTING"),
+    ("bridge", "filter", "FORWARD"),
+    ("ip", "mangle", "FORWARD"),
+    ("ip", "filter", "FORWARD"),
+    ("ip", "security", "FORWARD"),
+    ("bridge", "nat", "POSTROUTING"),
+    ("ip", "mangle", "POSTROUTING"),
+    ("ip", "nat", "POSTROUTING"),
+)
+# Only a connection's first packet passes the nat table.
+NAT_NEW_ONLY = "nat"
+
+ACCEPT_TARGETS = {"ACCEPT"}
+DROP_TARGETS = {"DROP", "REJECT"}
+# Targets that neither end the walk nor change what later rules see.
+PASS_TARGETS = {
+    "LOG", "NFLOG", "ULOG", "TRACE", "AUDIT", "CHECKSUM", "TCPMSS", "CLASSIFY", "DSCP", "TOS",
+    "ECN", "MARK", "CONNMARK", "SECMARK", "CONNSECMARK", "IDLETIMER", "LED", "RATEEST",
+    "mark", "log", "nflog", "CONTINUE",
+}  # fmt: skip
+# Marks feed only mark matches, which are undecidable here anyway.
+# Address translation after the filter stages does not decide whether the packet passes.
+POSTROUTING_NAT = {"SNAT", "MASQUERADE", "snat"}
+
+MAX_DEPTH = 64
+MAX_STEPS = 20_000
+
+
+class Verdict(str, Enum):
+    ALLOW = "allow"
+    DENY = "deny"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    # What decided, e.g. "nft filter FORWARD #6: -A FORWARD -i docker0 -o docker0 -j DROP".
+    reason: str
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    kind: str  # ACCEPT, DROP, UNKNOWN, RETURN
+    reason: str
+
+
+@dataclass
+class _Walk:
+    ruleset: Ruleset
+    table: str
+    packet: Packet
+    ctx: MatchContext
+    matchers: dict
+    steps: int = 0
+    undecided: list[str] = field(default_factory=list)
+
+
+def _where(walk: _Walk, rule: Rule) -> str:
+    backend = f"{walk.ruleset.backend} " if walk.ruleset.family != "bridge" else "ebtables "
+    return f"{backend}{walk.table} {rule.chain} #{rule.position}: {rule.text}"
+
+
+def rule_matches(rule: Rule, packet: Packet, ctx: MatchContext, matchers: dict) -> Tri:
+    """Three-valued AND of every option: False wins, then None, then True."""
+    if rule.error:
+        return None
+    result: Tri = True
+    for match in rule.matches:
+        for option in match.options:
+            decide = matchers.get((match.module, option.name))
+            value = decide(option, packet, ctx) if decide else None
+            if value is False:
+                return False
+            if value is None:
+                result = None
+    return result
+
+
+def _apply(walk: _Walk, rule: Rule, depth: int) -> tuple[list[_Outcome], bool]:
+    """Outcomes that end the chain here if the rule matches, and whether the walk may go on."""
+    target = rule.target
+    where = _where(walk, rule)
+    if rule.error:
+        return [_Outcome("UNKNOWN", f"rule not understood ({rule.error}): {where}")], False
+    if target is None or target in PASS_TARGETS:
+        return [], True
+    if target in ACCEPT_TARGETS:
+        return [_Outcome("ACCEPT", where)], False
+    if target in DROP_TARGETS:
+        return [_Outcome("DROP", where)], False
+    if target == "RETURN":
+        return [_Outcome("RETURN", where)], False
+    if walk.table == "nat" and target in POSTROUTING_NAT:
+        return [_Outcome("ACCEPT", where)], False
+    chain = walk.ruleset.chain(walk.table, target)
+    if chain is None or chain.builtin:
+        return [_Outcome("UNKNOWN", f"target {target} not evaluated: {where}")], False
+    results = _walk_chain(walk, chain, 0, depth + 1)
+    if rule.goto:
+        return results, False  # a RETURN there returns from the calling chain too
+    ends = [o for o in results if o.kind != "RETURN"]
+    return ends, len(ends) < len(results)
+
+
+def _walk_chain(walk: _Walk, chain: Chain, start: int, depth: int) -> list[_Outcome]:
+    """Every outcome of walking `chain` from rule `start` on; RETURN when it falls off the end."""
+    if depth > MAX_DEPTH:
+        return [_Outcome("UNKNOWN", f"chain nesting deeper than {MAX_DEPTH} at {chain.name}")]
+    outcomes: list[_Outcome] = []
+    for rule in chain.rules[start:]:
+        walk.steps += 1
+        if walk.steps > MAX_STEPS:
+            return outcomes + [_Outcome("UNKNOWN", "too many undecidable rules to follow")]
+        matched = rule_matches(rule, walk.packet, walk.ctx, walk.matchers)
+        if matched is False:
+            continue
+        ends, goes_on = _apply(walk, rule, depth)
+        outcomes.extend(ends)
+        if matched is None:
+            # Both branches: matched (the outcomes above) or not (the walk goes on below).
+            walk.undecided.append(_where(walk, rule))
+        elif not goes_on:
+            return outcomes
+    outcomes.append(_Outcome("RETURN", f"{chain.name} end"))
+    return outcomes
+
+
+def _walk_builtin(walk: _Walk, chain: Chain) -> list[_Outcome]:
+    outcomes = []
+    for outcome in _walk_chain(walk, chain, 0, 0):
+        if outcome.kind == "RETURN":
+            policy = chain.policy or "ACCEPT"
+            kind = "ACCEPT" if policy == "ACCEPT" else "DROP" if policy == "DROP" else "UNKNOWN"
+            where = walk.ruleset.backend if walk.ruleset.family != "bridge" else "ebtables"
+            outcomes.append(_Outcome(kind, f"{where} {walk.table} {chain.name} policy {policy}"))
+        else:
+            outcomes.append(outcome)
+    return outcomes
+
+
+def walk_stage(
+    ruleset: Ruleset, table: str, chain_name: str, packet: Packet, ctx: MatchContext
+) -> tuple[list[_Outcome], list[str]]:
+    """Outcomes of one hook in one ruleset, and the rules that could not be decided."""
+    chain = ruleset.chain(table, chain_name)
+    if chain is None:
+        return [_Outcome("ACCEPT", f"{table} {chain_name} absent")], []
+    matchers = BRIDGE_MATCHERS if ruleset.family == "bridge" else MATCHERS
+    walk = _Walk(ruleset, table, packet, ctx, matchers)
+    return _walk_builtin(walk, chain), walk.undecided
+
+
+@dataclass(frozen=True)
+class PathInputs:
+    """What the evaluator needs beyond the packet, fixed for one check."""
+
+    firewall: FirewallState
+    # bridge-nf-call-iptables / -ip6tables: 1 (IP stages apply), 0 (they don't), None (unknown).
+    call_iptables: int | None
+    call_ip6tables: int | None
+    # Families whose iptables rules could not be read: nothing is decided for them.
+    unreadable: frozenset[str] = frozenset()
+
+    def blocker(self, family: str) -> str | None:
+        """A reason why nothing can be decided for this family, or None."""
+        if family in self.unreadable:
+            return f"{'ip6tables' if family == 'ipv6' else 'iptables'} rules could not be read"
+        nft = self.firewall.nftables
+        if nft is None:
+            return "nftables ruleset could not be read"
+        if nft.docker_tables:
+            return "Docker's nftables firewall backend is not evaluated: " + ", ".join(
+                nft.docker_tables
+            )
+        if nft.foreign_chains:
+            return "nftables chains outside iptables decide bridged packets: " + ", ".join(
+                nft.foreign_chains
+            )
+        return None
+
+
+class _Path:
+    """The possible fates of one packet so far, stage after stage."""
+
+    def __init__(self) -> None:
+        # DROP: some branch was dropped; MAYBE: a stage that may or may not drop (packet
+        # unchanged either way); UNKNOWN: a branch whose packet may have been rewritten.
+        self.possible: set[str] = set()
+        self.reasons: dict[str, str] = {}
+        self.allow_reason = "no rule stopped it"
+
+    def maybe(self, reason: str) -> None:
+        self.possible.add("MAYBE")
+        self.reasons.setdefault("MAYBE", reason)
+
+    def stage(self, outcomes: list[_Outcome], undecided: list[str], table: str) -> bool:
+        """Record one stage; False when no branch goes on past it."""
+        kinds = {o.kind for o in outcomes}
+        for outcome in outcomes:
+            self.reasons.setdefault(outcome.kind, outcome.reason)
+        self.possible |= kinds & {"DROP", "UNKNOWN"}
+        if len(kinds) > 1 and undecided:
+            self.reasons.setdefault("MAYBE", "cannot decide " + undecided[0])
+        if "ACCEPT" in kinds and table == "filter":
+            self.allow_reason = self.reasons["ACCEPT"] if len(kinds) == 1 else self.allow_reason
+        return "ACCEPT" in kinds
+
+    def conclude(self, alive: bool) -> Decision:
+        possible = self.possible | ({"ACCEPT"} if alive else set())
+        if "DROP" in possible and possible <= {"DROP", "MAYBE"}:
+            return Decision(Verdict.DENY, self.reasons["DROP"])
+        if possible == {"ACCEPT"}:
+            return Decision(Verdict.ALLOW, self.allow_reason)
+        reason = self.reasons.get("MAYBE") or self.reasons.get("UNKNOWN") or "undecidable"
+        return Decision(Verdict.UNKNOWN, reason)
+
+
+def evaluate_packet(packet: Packet, inputs: PathInputs) -> Decision:
+    """The fate of one packet along the bridged path."""
+    blocker = inputs.blocker(packet.family)
+    if blocker:
+        return Decision(Verdict.UNKNOWN, blocker)
+    ctx = MatchContext(inputs.firewall.ipsets)
+    call = inputs.call_iptables if packet.family == "ipv4" else inputs.call_ip6tables
+    bridge = inputs.firewall.bridge
+    path = _Path()
+    for kind, table, chain_name in STAGES:
+        if table == NAT_NEW_ONLY and packet.state != "NEW":
+            continue
+        if kind == "bridge":
+            if bridge is None:
+                path.maybe("ebtables rules could not be read")
+                continue
+            rulesets: tuple[Ruleset, ...] = () if bridge.empty else (bridge,)
+        else:
+            if packet.protocol == "arp" or call == 0:
+                continue
+            if call is None:
+                sysctl = "ip6tables" if packet.family == "ipv6" else "iptables"
+                path.maybe(f"net.bridge.bridge-nf-call-{sysctl} unknown")
+                continue
+            rulesets = inputs.firewall.for_family(packet.family)
+        for ruleset in rulesets:
+            outcomes, undecided = walk_stage(ruleset, table, chain_name, packet, ctx)
+            if not path.stage(outcomes, undecided, table):
+                return path.conclude(alive=False)
+    return path.conclude(alive=True)

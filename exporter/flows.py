@@ -1,0 +1,351 @@
+"""Every flow that matters on a network, its expected and its actual verdict, without n² work.
+
+A flow is (source container, target container, protocol, port) on one bridge network and family:
+each ordered pair of members times each port the target exposes (a target exposing nothing gets
+one probe flow, tcp to a port no rule names). A TCP flow is allowed when its first packet and the
+target's reply both pass; a UDP or SCTP flow when its first packet does.
+
+A rule only distinguishes the containers whose addresses its matches name. So containers are
+grouped by how every address match that varies across the network treats them; rules whose source
+AND destination both vary (Docker's link rules, a hand-written ACCEPT between two containers)
+mark the few pairs they can touch as special, and those are evaluated one by one. Every other pair
+shares its groups' verdict: one evaluation per pair of groups, counted, and listed one by one only
+when the verdict is not the expected one (that is what the output needs).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from exporter.expectations import LinkFlow, Member, NetworkExpectation
+from exporter.firewall.evaluate import Decision, PathInputs, Verdict, evaluate_packet
+from exporter.firewall.matches import (
+    ADDRESS_OPTIONS,
+    BRIDGE_ADDRESS_OPTIONS,
+    MatchContext,
+    Packet,
+    Tri,
+    side_of,
+)
+from exporter.firewall.rules import Rule, Ruleset
+from exporter.model import ExposedPort
+from exporter.report import Flow, FlowCount
+
+PROBE = "probe"
+PORT_OPTIONS = {"--dport", "--sport", "--dports", "--sports", "--ports", "--destination-port",
+                "--source-port", "--destination-ports", "--source-ports", "--ip-dport",
+                "--ip-sport", "--ip6-dport", "--ip6-sport"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Probe:
+    protocol: str
+    port: int
+    # False for the probe flow of a target that exposes nothing.
+    exposed: bool = True
+
+
+@dataclass(frozen=True)
+class _AddressRule:
+    """The address matches of one rule, split by the side they look at."""
+
+    src: tuple
+    dst: tuple
+
+
+def probe_port(rulesets: Iterable[Ruleset]) -> int:
+    """The lowest port no rule names: a probe there meets only the rules that ignore ports."""
+    named: list[tuple[int, int]] = []
+    for ruleset in rulesets:
+        for rule in _rules(ruleset):
+            for option in rule.options():
+                if option.name in PORT_OPTIONS and option.args:
+                    for part in option.args[0].split(","):
+                        low, _, high = part.partition(":")
+                        if low.isdigit() or high.isdigit():
+                            first = int(low) if low.isdigit() else 0
+                            last = (
+                                int(high) if high.isdigit() else (65535 if ":" in part else first)
+                            )
+                            named.append((first, last))
+    port = 1
+    for first, last in sorted(named):
+        if first <= port <= last:
+            port = last + 1
+    return port
+
+
+def _rules(ruleset: Ruleset) -> Iterator[Rule]:
+    for table in ruleset.tables.values():
+        for chain in table.chains.values():
+            yield from chain.rules
+
+
+def _address_rules(rulesets: Iterable[Ruleset]) -> list[_AddressRule]:
+    found = []
+    for ruleset in rulesets:
+        table = BRIDGE_ADDRESS_OPTIONS if ruleset.family == "bridge" else ADDRESS_OPTIONS
+        for rule in _rules(ruleset):
+            src, dst = [], []
+            for match in rule.matches:
+                for option in match.options:
+                    key = (match.module, option.name)
+                    if key not in table:
+                        continue
+                    side = side_of(match.module, option, table)
+                    decide = table[key][1]
+                    if side == "src":
+                        src.append((option, decide))
+                    elif side == "dst":
+                        dst.append((option, decide))
+                    else:  # a set over both or neither: treat as naming both sides, unknown
+                        src.append((option, lambda o, a, c: None))
+            if src or dst:
+                found.append(_AddressRule(tuple(src), tuple(dst)))
+    return found
+
+
+def _side_value(preds: tuple, member: Member, ctx: MatchContext) -> Tri:
+    value: Tri = True
+    for option, decide in preds:
+        result = decide(option, member.address, ctx)
+        if result is False:
+            return False
+        if result is None:
+            value = None
+    return value
+
+
+class NetworkFlows:
+    """Evaluates the flows of one network and family."""
+
+    def __init__(
+        self,
+        expectation: NetworkExpectation,
+        family: str,
+        inputs: PathInputs,
+        list_all: bool = False,
+    ) -> None:
+        self.expectation = expectation
+        self.network = expectation.network
+        self.family = family
+        self.inputs = inputs
+        self.list_all = list_all
+        self.members = expectation.members.get(family, ())
+        rulesets = list(inputs.firewall.for_family(family))
+        if inputs.firewall.bridge is not None:
+            rulesets.append(inputs.firewall.bridge)
+        self.rulesets = rulesets
+        self.ctx = MatchContext(inputs.firewall.ipsets)
+        self.probe = probe_port(rulesets)
+        self.links: dict[tuple[str, str, ExposedPort], LinkFlow] = (
+            {
+                (lf.parent.container.id, lf.child.container.id, lf.port): lf
+                for lf in expectation.link_flows
+            }
+            if family == "ipv4"
+            else {}
+        )
+
+    # -- grouping ------------------------------------------------------------------------------
+
+    def _classify(self) -> tuple[dict[str, tuple], set[tuple[str, str]]]:
+        """Each member's signature and the special pairs (by container id)."""
+        signatures: dict[str, list[Tri]] = {m.container.id: [] for m in self.members}
+        special: set[tuple[str, str]] = set()
+        for rule in _address_rules(self.rulesets):
+            src = {m.container.id: _side_value(rule.src, m, self.ctx) for m in self.members}
+            dst = {m.container.id: _side_value(rule.dst, m, self.ctx) for m in self.members}
+            src_varies, dst_varies = len(set(src.values())) > 1, len(set(dst.values())) > 1
+            if src_varies and dst_varies:
+                sources = [i for i, v in src.items() if v is not False]
+                targets = [i for i, v in dst.items() if v is not False]
+                for a in sources:
+                    for b in targets:
+                        if a != b:
+                            special.add((a, b))
+                            special.add((b, a))  # the reply packet of b -> a
+            elif src_varies or dst_varies:
+                for member_id in signatures:
+                    signatures[member_id].append(src[member_id] if src_varies else dst[member_id])
+        for parent_id, child_id, _port in self.links:
+            special.add((parent_id, child_id))
+        return {k: tuple(v) for k, v in signatures.items()}, special
+
+    def probes(self, target: Member) -> tuple[Probe, ...]:
+        ports = tuple(Probe(p.protocol, p.port) for p in target.container.exposed)
+        return ports or (Probe("tcp", self.probe, exposed=False),)
+
+    # -- evaluation ----------------------------------------------------------------------------
+
+    def decide(self, source: Member, target: Member, probe: Probe) -> Decision:
+        """A flow's verdict: every packet it needs must pass."""
+        bridge = self.network.bridge
+        first = Packet(self.family, source.address, target.address, bridge, bridge,
+                       probe.protocol, None, probe.port)  # fmt: skip
+        packets = [first]
+        if probe.protocol == "tcp":
+            packets.append(Packet(self.family, target.address, source.address, bridge, bridge,
+                                  "tcp", probe.port, None, "ESTABLISHED", reply=True))  # fmt: skip
+        bridge_rules = self.inputs.firewall.bridge
+        if bridge_rules is None or not bridge_rules.empty:
+            packets.append(Packet(self.family, source.address, target.address, bridge, bridge,
+                                  "arp", None, None))  # fmt: skip
+            packets.append(Packet(self.family, target.address, source.address, bridge, bridge,
+                                  "arp", None, None, reply=True))  # fmt: skip
+        decisions = [evaluate_packet(packet, self.inputs) for packet in packets]
+        for decision in decisions:
+            if decision.verdict is Verdict.DENY:
+                return decision
+        for decision in decisions:
+            if decision.verdict is Verdict.UNKNOWN:
+                return decision
+        return decisions[0]
+
+    def _expected(self, source: Member, target: Member, probe: Probe) -> tuple[str, str]:
+        """("allow"|"deny", link alias or "")."""
+        if self.network.icc:
+            return "allow", ""
+        link = (
+            self.links.get(
+                (source.container.id, target.container.id, ExposedPort(probe.port, probe.protocol))  # type: ignore[arg-type]
+            )
+            if probe.exposed
+            else None
+        )
+        return ("allow", link.alias) if link else ("deny", "")
+
+    def _flow(self, source: Member, target: Member, probe: Probe, decision: Decision) -> Flow:
+        expected, alias = self._expected(source, target, probe)
+        return Flow(
+            network=self.network.name,
+            source=source.container.name,
+            target=target.container.name,
+            protocol=probe.protocol,
+            port=probe.port if probe.exposed else None,
+            expected=expected,  # type: ignore[arg-type]
+            actual=decision.verdict.value,  # type: ignore[arg-type]
+            family=self.family,
+            alias=alias,
+            reason=decision.reason,
+        )
+
+    def run(self) -> tuple[list[Flow], Counter]:
+        """Listed flows and counts by (expected, actual)."""
+        listed: list[Flow] = []
+        counts: Counter = Counter()
+        if len(self.members) < 2:
+            return listed, counts
+        signatures, special = self._classify()
+        by_id = {m.container.id: m for m in self.members}
+
+        for source_id, target_id in sorted(special):
+            source, target = by_id[source_id], by_id[target_id]
+            for probe in self.probes(target):
+                flow = self._flow(source, target, probe, self.decide(source, target, probe))
+                counts[(flow.expected, flow.actual)] += 1
+                if self.list_all or flow.link or flow.expected != flow.actual:
+                    listed.append(flow)
+
+        sources: dict[tuple, list[Member]] = defaultdict(list)
+        targets: dict[tuple, list[Member]] = defaultdict(list)
+        for member in self.members:
+            signature = signatures[member.container.id]
+            sources[signature].append(member)
+            targets[(signature, self.probes(member))].append(member)
+        for source_group in sources.values():
+            for (_, probes), target_group in targets.items():
+                pairs = self._generic_pairs(source_group, target_group, special)
+                representative = next(pairs, None)
+                if representative is None:
+                    continue
+                source, target = representative
+                for probe in probes:
+                    decision = self.decide(source, target, probe)
+                    flow = self._flow(source, target, probe, decision)
+                    key = (flow.expected, flow.actual)
+                    if self.list_all or flow.expected != flow.actual:
+                        for s, t in self._generic_pairs(source_group, target_group, special):
+                            listed.append(self._flow(s, t, probe, decision))
+                            counts[key] += 1
+                    else:
+                        counts[key] += self._count_generic(source_group, target_group, special)
+        return listed, counts
+        signatures, special = self._classify()
+        by_id = {m.container.id: m for m in self.members}
+
+        for source_id, target_id in sorted(special):
+            source, target = by_id[source_id], by_id[target_id]
+            for probe in self.probes(target):
+                flow = self._flow(source, target, probe, self.decide(source, target, probe))
+                counts[(flow.expected, flow.actual)] += 1
+                if self.list_all or flow.link or flow.expected != flow.actual:
+                    listed.append(flow)
+
+        sources: dict[tuple, list[Member]] = defaultdict(list)
+        targets: dict[tuple, list[Member]] = defaultdict(list)
+        for member in self.members:
+            signature = signatures[member.container.id]
+            sources[signature].append(member)
+            targets[(signature, self.probes(member))].append(member)
+        for source_group in sources.values():
+            for (_, probes), target_group in targets.items():
+                pairs = self._generic_pairs(source_group, target_group, special)
+                representative = next(pairs, None)
+                if representative is None:
+                    continue
+                source, target = representative
+                for probe in probes:
+                    decision = self.decide(source, target, probe)
+                    flow = self._flow(source, target, probe, decision)
+                    if self.list_all or flow.expected != flow.actual:
+                        for s, t in (
+                            [representative, *pairs]
+                            if probe is probes[0]
+                            else (self._generic_pairs(source_group, target_group, special))
+                        ):
+                            listed.append(self._flow(s, t, probe, decision))
+                            counts[(flow.expected, flow.actual)] += 1
+                    else:
+                        counts[(flow.expected, flow.actual)] += self._count_generic(
+                            source_group, target_group, special
+                        )
+        return listed, counts
+
+    @staticmethod
+    def _generic_pairs(
+        sources: list[Member], targets: list[Member], special: set[tuple[str, str]]
+    ) -> Iterator[tuple[Member, Member]]:
+        for source in sources:
+            for target in targets:
+                if (
+                    source is not target
+                    and (source.container.id, target.container.id) not in special
+                ):
+                    yield source, target
+
+    @staticmethod
+    def _count_generic(
+        sources: list[Member], targets: list[Member], special: set[tuple[str, str]]
+    ) -> int:
+        source_ids = {m.container.id for m in sources}
+        target_ids = {m.container.id for m in targets}
+        total = len(source_ids) * len(target_ids) - len(source_ids & target_ids)
+        total -= sum(1 for a, b in special if a in source_ids and b in target_ids)
+        return total
+
+
+def evaluate_flows(
+    expectations: Iterable[NetworkExpectation], inputs: PathInputs, list_all: bool = False
+) -> tuple[list[Flow], list[FlowCount]]:
+    listed: list[Flow] = []
+    counts: list[FlowCount] = []
+    for expectation in expectations:
+        for family in ("ipv4", "ipv6"):
+            flows, counted = NetworkFlows(expectation, family, inputs, list_all).run()
+            listed.extend(flows)
+            for (expected, actual), count in sorted(counted.items()):
+                counts.append(FlowCount(expectation.network.name, expected, actual, count, family))
+    return listed, counts
