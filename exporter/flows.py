@@ -27,6 +27,8 @@ from exporter.firewall.matches import (
     MatchContext,
     Packet,
     Tri,
+    host_address,
+    in_network,
     side_of,
 )
 from exporter.firewall.rules import Rule, Ruleset
@@ -107,15 +109,56 @@ def _address_rules(rulesets: Iterable[Ruleset]) -> list[_AddressRule]:
     return found
 
 
-def _side_value(preds: tuple, member: Member, ctx: MatchContext) -> Tri:
-    value: Tri = True
-    for option, decide in preds:
-        result = decide(option, member.address, ctx)
-        if result is False:
-            return False
-        if result is None:
-            value = None
-    return value
+def _and(a: Tri, b: Tri) -> Tri:
+    if a is False or b is False:
+        return False
+    return None if a is None or b is None else True
+
+
+class _Sides:
+    """How a rule's address matches treat each member, kept sparse: the value most members get,
+    and the few members that differ. A host address (/32, /128) is looked up, not scanned, so
+    Docker's per-link rules cost O(1) each, not O(containers)."""
+
+    def __init__(self, members: tuple[Member, ...], ctx: MatchContext) -> None:
+        self.members = members
+        self.ctx = ctx
+        self.by_address: dict[object, list[str]] = defaultdict(list)
+        for member in members:
+            self.by_address[member.address].append(member.container.id)
+
+    def values(self, preds: tuple) -> tuple[Tri, dict[str, Tri]]:
+        default: Tri = True
+        exceptions: dict[str, Tri] = {}
+        for option, decide in preds:
+            one_default, one = self._one(option, decide)
+            combined = _and(default, one_default)
+            merged = {}
+            for key in exceptions.keys() | one.keys():
+                value = _and(exceptions.get(key, default), one.get(key, one_default))
+                if value != combined:
+                    merged[key] = value
+            default, exceptions = combined, merged
+        return default, exceptions
+
+    def _one(self, option, decide) -> tuple[Tri, dict[str, Tri]]:
+        host = host_address(option) if decide is in_network else None
+        if host is not None:
+            hit = not option.negated
+            return (not hit), {i: hit for i in self.by_address.get(host, ())}
+        values = {m.container.id: decide(option, m.address, self.ctx) for m in self.members}
+        default = Counter(values.values()).most_common(1)[0][0] if values else True
+        return default, {k: v for k, v in values.items() if v != default}
+
+    def possible(self, default: Tri, exceptions: dict[str, Tri]) -> list[str]:
+        """Members the side may match."""
+        if default is False:
+            return [k for k, v in exceptions.items() if v is not False]
+        return [
+            m.container.id
+            for m in self.members
+            if exceptions.get(m.container.id, default) is not False
+        ]
 
 
 class NetworkFlows:
@@ -153,23 +196,23 @@ class NetworkFlows:
 
     def _classify(self) -> tuple[dict[str, tuple], set[tuple[str, str]]]:
         """Each member's signature and the special pairs (by container id)."""
-        signatures: dict[str, list[Tri]] = {m.container.id: [] for m in self.members}
+        signatures: dict[str, list] = {m.container.id: [] for m in self.members}
         special: set[tuple[str, str]] = set()
-        for rule in _address_rules(self.rulesets):
-            src = {m.container.id: _side_value(rule.src, m, self.ctx) for m in self.members}
-            dst = {m.container.id: _side_value(rule.dst, m, self.ctx) for m in self.members}
-            src_varies, dst_varies = len(set(src.values())) > 1, len(set(dst.values())) > 1
-            if src_varies and dst_varies:
-                sources = [i for i, v in src.items() if v is not False]
-                targets = [i for i, v in dst.items() if v is not False]
-                for a in sources:
-                    for b in targets:
+        sides = _Sides(self.members, self.ctx)
+        for index, rule in enumerate(_address_rules(self.rulesets)):
+            src_default, src = sides.values(rule.src)
+            dst_default, dst = sides.values(rule.dst)
+            if (src_default is False and not src) or (dst_default is False and not dst):
+                continue  # matches no member at all
+            if src and dst:
+                for a in sides.possible(src_default, src):
+                    for b in sides.possible(dst_default, dst):
                         if a != b:
                             special.add((a, b))
                             special.add((b, a))  # the reply packet of b -> a
-            elif src_varies or dst_varies:
-                for member_id in signatures:
-                    signatures[member_id].append(src[member_id] if src_varies else dst[member_id])
+            else:
+                for member_id, value in (src or dst).items():
+                    signatures[member_id].append((index, value))
         for parent_id, child_id, _port in self.links:
             special.add((parent_id, child_id))
         return {k: tuple(v) for k, v in signatures.items()}, special

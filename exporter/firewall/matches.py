@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from ipaddress import ip_address, ip_network
 from typing import Literal
 
 from exporter.firewall.rules import IPSet, Option
-from exporter.model import IPAddress
+from exporter.model import IPAddress, IPNetwork
 
 Tri = bool | None
 Side = Literal["src", "dst"]
@@ -75,17 +76,30 @@ def _arg(option: Option) -> str | None:
 # ---- addresses -------------------------------------------------------------------------------
 
 
-def _in_network(option: Option, address: IPAddress, _: MatchContext) -> Tri:
-    text = _arg(option)
-    if text is None:
-        return None
+@lru_cache(maxsize=65536)
+def _network(text: str) -> IPNetwork | None:
+    """Parsed once per distinct text: a check asks about the same rule for many containers."""
     try:
-        network = ip_network(text, strict=False)
+        return ip_network(text, strict=False)
     except ValueError:
         try:  # ebtables may print an address with a dotted mask or none
-            network = ip_network(text.split("/")[0], strict=False)
+            return ip_network(text.split("/")[0], strict=False)
         except ValueError:
             return None
+
+
+def host_address(option: Option) -> IPAddress | None:
+    """The single address an address option names, if it names exactly one."""
+    text = _arg(option)
+    network = _network(text) if text else None
+    return network.network_address if network and network.num_addresses == 1 else None
+
+
+def in_network(option: Option, address: IPAddress, _: MatchContext) -> Tri:
+    text = _arg(option)
+    network = _network(text) if text else None
+    if network is None:
+        return None
     if network.version != address.version:
         return False
     return _negate(option, address in network)
@@ -145,24 +159,24 @@ def _set_side(option: Option) -> Side | None:
 
 # (module, option) -> (side, decider). For set, the side is in the option's flags (see side_of).
 ADDRESS_OPTIONS: dict[tuple[str, str], tuple[Side | None, AddressDecider]] = {
-    ("", "-s"): ("src", _in_network),
-    ("", "-d"): ("dst", _in_network),
+    ("", "-s"): ("src", in_network),
+    ("", "-d"): ("dst", in_network),
     ("iprange", "--src-range"): ("src", _in_range),
     ("iprange", "--dst-range"): ("dst", _in_range),
     ("set", "--match-set"): (None, _in_set),
 }
 
 BRIDGE_ADDRESS_OPTIONS: dict[tuple[str, str], tuple[Side | None, AddressDecider]] = {
-    ("", "--ip-src"): ("src", _in_network),
-    ("", "--ip-dst"): ("dst", _in_network),
-    ("", "--ip-source"): ("src", _in_network),
-    ("", "--ip-destination"): ("dst", _in_network),
-    ("", "--ip6-src"): ("src", _in_network),
-    ("", "--ip6-dst"): ("dst", _in_network),
-    ("", "--ip6-source"): ("src", _in_network),
-    ("", "--ip6-destination"): ("dst", _in_network),
-    ("", "--arp-ip-src"): ("src", _in_network),
-    ("", "--arp-ip-dst"): ("dst", _in_network),
+    ("", "--ip-src"): ("src", in_network),
+    ("", "--ip-dst"): ("dst", in_network),
+    ("", "--ip-source"): ("src", in_network),
+    ("", "--ip-destination"): ("dst", in_network),
+    ("", "--ip6-src"): ("src", in_network),
+    ("", "--ip6-dst"): ("dst", in_network),
+    ("", "--ip6-source"): ("src", in_network),
+    ("", "--ip6-destination"): ("dst", in_network),
+    ("", "--arp-ip-src"): ("src", in_network),
+    ("", "--arp-ip-dst"): ("dst", in_network),
 }
 
 
