@@ -1,0 +1,149 @@
+"""Settings as frozen values, and the parsers for the flag value formats (durations, addresses).
+
+`CheckConfig` is what one check needs (`exporter.check.run_check`); `ExporterConfig` is every
+global flag, built once by `exporter.cli` and read by the shells (scheduler, http, sources).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+ExpectIcc = Literal["disabled", "enabled", "any"]
+ExpectIptables = Literal["enabled", "any"]
+
+EXPECT_ICC_CHOICES: tuple[str, ...] = ("disabled", "enabled", "any")
+EXPECT_IPTABLES_CHOICES: tuple[str, ...] = ("enabled", "any")
+IPTABLES_BACKENDS: tuple[str, ...] = ("auto", "nft", "legacy", "libiptc")
+LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warn", "error")
+LOG_FORMATS: tuple[str, ...] = ("logfmt", "json")
+
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+DEFAULT_LISTEN_ADDRESS = ":9863"
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """What one check is asked to verify, and how long it may take."""
+
+    # What the operator wants dockerd's icc to be ("any": no icc_posture finding).
+    expect_icc: ExpectIcc = "any"
+    # "enabled": a dockerd running with --iptables=false is an iptables_posture finding.
+    expect_iptables: ExpectIptables = "any"
+    # List every evaluated flow in Report.flows, not only link flows and unexpected verdicts.
+    all_flows: bool = False
+    # Seconds; the per-check deadline (sources use it for their own calls).
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    # "" means every address (IPv6 and IPv4 where the host allows it).
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ExporterConfig:
+    """Every global flag, parsed and validated."""
+
+    docker_host: str = DEFAULT_DOCKER_HOST
+    docker_timeout: float = 5.0
+    docker_config: str = "/etc/docker/daemon.json"
+    iptables_backend: str = "auto"
+    procfs: str = "/proc"
+    check_interval: float = 15.0
+    check_timeout: float = 10.0
+    check_debounce: float = 2.0
+    expect_icc: ExpectIcc = "any"
+    expect_iptables: ExpectIptables = "any"
+    listen_address: ListenAddress = field(default_factory=lambda: ListenAddress("", 9863))
+    telemetry_path: str = "/metrics"
+    log_level: str = "info"
+    log_format: str = "logfmt"
+
+    def check_config(self, *, all_flows: bool = False) -> CheckConfig:
+        return CheckConfig(
+            expect_icc=self.expect_icc,
+            expect_iptables=self.expect_iptables,
+            all_flows=all_flows,
+            timeout=self.check_timeout,
+        )
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from "15s", "1m", "500ms", "1m30s", "2h" or a plain number of seconds ("2.5").
+
+    Raises ValueError with a message fit for a user.
+    """
+    value = text.strip()
+    if not value:
+        raise ValueError("empty duration")
+    try:
+        seconds = float(value)
+    except ValueError:
+        pos = 0
+        seconds = 0.0
+        for match in _DURATION_PART.finditer(value):
+            if match.start() != pos:
+                break
+            seconds += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+            pos = match.end()
+        if pos != len(value):
+            raise ValueError(
+                f"invalid duration {text!r} (use e.g. 15s, 1m, 500ms or seconds)"
+            ) from None
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        raise ValueError(f"invalid duration {text!r}")
+    if seconds < 0:
+        raise ValueError(f"negative duration {text!r}")
+    return seconds
+
+
+def parse_positive_duration(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ValueError(f"duration must be greater than zero, got {text!r}")
+    return seconds
+
+
+def parse_listen_address(text: str) -> ListenAddress:
+    """`host:port`, `:port` (every address) or `[v6addr]:port`."""
+    value = text.strip()
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0 or not value[end + 1 :].startswith(":"):
+            raise ValueError(f"invalid listen address {text!r} (use [addr]:port)")
+        host, port_text = value[1:end], value[end + 2 :]
+        if not host:
+            raise ValueError(f"invalid listen address {text!r} (empty IPv6 address)")
+    else:
+        host, sep, port_text = value.rpartition(":")
+        if not sep:
+            raise ValueError(f"invalid listen address {text!r} (use host:port or :port)")
+        if ":" in host:
+            raise ValueError(f"invalid listen address {text!r} (write IPv6 as [addr]:port)")
+    if not port_text.isdigit():
+        raise ValueError(f"invalid port in listen address {text!r}")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range in listen address {text!r}")
+    return ListenAddress(host, port)
+
+
+def parse_telemetry_path(text: str) -> str:
+    if not text.startswith("/") or any(c in text for c in "?# "):
+        raise ValueError(f"invalid telemetry path {text!r} (use e.g. /metrics)")
+    if text in ("/", "/healthz"):
+        raise ValueError(f"telemetry path {text!r} is taken by another endpoint")
+    return text

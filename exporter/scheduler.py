@@ -1,0 +1,408 @@
+"""Run the check on a schedule and on Docker events, each under a deadline; publish every result.
+
+- `CheckScheduler`: an APScheduler BackgroundScheduler with one interval job (first run at once,
+  `max_instances=1`, `coalesce=True`). Each run calls `check_fn` in a daemon worker thread and
+  waits at most `timeout` seconds for it (`run_with_deadline`). A check that misses its deadline is
+  published as a failed report (`up=False`, `evaluated=False`, `errors=("check timed out after
+  Ns",)`, the hung source marked down when it can be told, else source "check") and its thread is
+  abandoned: nothing ever waits for it again, and its late result is discarded.
+- While an abandoned check is still running, no new check starts (there is never more than one
+  check thread). A check that hangs usually hangs on something shared (the Docker socket, the
+  xtables lock), so a second one would hang too and pile up threads. Each skipped run logs one
+  line; the timed-out report stays published (up=0) and its timestamp ages, so
+  `docker_netpolicy_last_check_timestamp_seconds` shows it, and /healthz turns 503 once no check
+  has started for 3 intervals + timeout, so a supervisor can restart the process.
+- `trigger()` asks for an early check (Docker events), debounced: the job's next run moves to
+  now + `debounce` unless it is already due sooner, so a burst of events makes one check. An event
+  that arrives while a check runs schedules one more check after it. Never two checks at once.
+- `DockerEventWatcher`: a thread that follows `GET /events` (container start/die/destroy, network
+  connect/disconnect) and calls `trigger()`. A dropped stream is retried with backoff (1s doubling
+  to 30s), one log line per drop; a reconnect also triggers a check (events may have been missed).
+  Nothing in it can crash the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from types import FrameType
+from typing import Any, Protocol
+
+from exporter.latest import Latest
+from exporter.report import Report, SourceStatus
+
+log = logging.getLogger(__name__)
+
+JOB_ID = "check"
+CheckFn = Callable[[], Report]
+
+
+def _failed_report(started: float, elapsed: float, source: str, error: str, message: str) -> Report:
+    return Report(
+        started=started,
+        duration_seconds=elapsed,
+        sources=(SourceStatus(source, False, elapsed, error),),
+        up=False,
+        evaluated=False,
+        errors=(message,),
+    )
+
+
+def _hung_source(thread: threading.Thread) -> str | None:
+    """The name of the source whose fetch() the thread is inside, if its stack shows one.
+
+    Duck-typed (a frame of a method named `fetch` whose `self` has a string `name`), so it needs
+    no import of the sources package. Only the check's own thread is inspected: a source run on
+    another thread is not found, and the caller falls back to "check".
+    """
+    if thread.ident is None:
+        return None
+    frame: FrameType | None = sys._current_frames().get(thread.ident)
+    while frame is not None:
+        if frame.f_code.co_name == "fetch":
+            name = getattr(frame.f_locals.get("self"), "name", None)
+            if isinstance(name, str) and name:
+                return name
+        frame = frame.f_back
+    return None
+
+
+def run_with_deadline(
+    check_fn: CheckFn, timeout: float, *, clock: Callable[[], float] = time.time
+) -> tuple[Report, threading.Thread | None]:
+    """Run check_fn in a daemon thread and wait at most `timeout` seconds.
+
+    Returns the report and, when the deadline passed, the abandoned thread (still running). An
+    exception from check_fn becomes a failed report; this function never raises for it.
+    """
+    started = clock()
+    result: list[Report] = []
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            result.append(check_fn())
+        except BaseException as exc:  # noqa: BLE001 - any failure becomes a failed report
+            failure.append(exc)
+
+    worker = threading.Thread(target=work, name="netpolicy-check", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    elapsed = max(0.0, clock() - started)
+    if worker.is_alive():
+        source = _hung_source(worker) or "check"
+        error = f"timed out after {timeout:g}s"
+        return _failed_report(started, elapsed, source, error, f"check {error}"), worker
+    if failure:
+        exc = failure[0]
+        err = f"{type(exc).__name__}: {exc}"
+        log.debug("check raised", exc_info=(type(exc), exc, exc.__traceback__))
+        return _failed_report(started, elapsed, "check", err, f"check failed: {err}"), None
+    return result[0], None
+
+
+def log_report(report: Report) -> None:
+    """One line per published report (the check itself logs each source that failed)."""
+    down = ",".join(source.name for source in report.sources if not source.up)
+    if not report.evaluated:
+        log.error(
+            "check failed",
+            extra={"source": down or "check", "err": "; ".join(report.errors)},
+        )
+        return
+    log.info(
+        "check finished",
+        extra={
+            "up": int(report.up),
+            "drift": int(report.drift),
+            "findings": len(report.findings),
+            "sources_down": down,
+            "duration_seconds": round(report.duration_seconds, 3),
+        },
+    )
+
+
+class CheckScheduler:
+    def __init__(
+        self,
+        check_fn: CheckFn,
+        latest: Latest,
+        *,
+        interval: float = 15.0,
+        timeout: float = 10.0,
+        debounce: float = 2.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        self._check_fn = check_fn
+        self._latest = latest
+        self.interval = interval
+        self.timeout = timeout
+        self.debounce = debounce
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._running = False
+        self._rerun = False
+        self._abandoned: threading.Thread | None = None
+        self._abandoned_since: float | None = None
+        self._last_started: float | None = None
+        self._started_at: float | None = None
+        self._scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(2)},
+            timezone=UTC,
+            daemon=True,
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._started_at = self._clock()
+        self._scheduler.add_job(
+            self.run_check,
+            "interval",
+            seconds=self.interval,
+            id=JOB_ID,
+            name="check",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+            next_run_time=datetime.now(UTC),
+        )
+        self._scheduler.start()
+
+    def shutdown(self) -> None:
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+
+    def alive(self) -> bool:
+        thread = getattr(self._scheduler, "_thread", None)
+        return bool(self._scheduler.running) and (thread is None or thread.is_alive())
+
+    @property
+    def last_started(self) -> float | None:
+        return self._last_started
+
+    # -- the job -----------------------------------------------------------------------------
+
+    def run_check(self) -> None:
+        """One scheduled run: start a check unless an abandoned one still runs; publish it."""
+        with self._lock:
+            abandoned = self._abandoned
+            if abandoned is not None and abandoned.is_alive():
+                since = self._abandoned_since or 0.0
+                log.warning(
+                    "check skipped: a timed-out check is still running",
+                    extra={"running_for_seconds": round(self._clock() - since, 1)},
+                )
+                return
+            if abandoned is not None:
+                log.info("timed-out check finished; its result was discarded")
+                self._abandoned = None
+                self._abandoned_since = None
+            self._running = True
+            self._rerun = False
+            self._last_started = self._clock()
+        abandoned = None
+        try:
+            report, abandoned = run_with_deadline(self._check_fn, self.timeout, clock=self._clock)
+            self._latest.publish(report)
+            log_report(report)
+        except Exception:  # noqa: BLE001 - a scheduler job must never die
+            log.exception("check job failed")
+        finally:
+            with self._lock:
+                self._running = False
+                if abandoned is not None:
+                    self._abandoned = abandoned
+                    self._abandoned_since = self._last_started
+                rerun, self._rerun = self._rerun, False
+            if rerun:
+                self._schedule_early()
+
+    # -- early checks on events --------------------------------------------------------------
+
+    def trigger(self, reason: str = "") -> None:
+        """Ask for a check soon (debounced); safe from any thread, never runs a check itself."""
+        log.debug("early check requested", extra={"reason": reason})
+        with self._lock:
+            if self._running:
+                self._rerun = True
+                return
+        self._schedule_early()
+
+    def _schedule_early(self) -> None:
+        try:
+            job = self._scheduler.get_job(JOB_ID)
+            if job is None:
+                return
+            want = datetime.now(UTC) + timedelta(seconds=self.debounce)
+            if job.next_run_time is None or job.next_run_time > want:
+                self._scheduler.modify_job(JOB_ID, next_run_time=want)
+        except Exception as exc:  # noqa: BLE001 - the scheduler may be shutting down
+            log.debug("could not reschedule the check", extra={"err": str(exc)})
+
+    # -- health ------------------------------------------------------------------------------
+
+    def health(self, now: float | None = None) -> tuple[bool, str]:
+        """(True, "ok") while the scheduler runs and a check started in 3 intervals + timeout."""
+        if not self.alive():
+            return False, "scheduler is not running"
+        now = self._clock() if now is None else now
+        reference = self._last_started if self._last_started is not None else self._started_at
+        if reference is None:
+            return False, "scheduler has not started"
+        limit = 3 * self.interval + self.timeout
+        age = now - reference
+        if age > limit:
+            reason = f"no check started in the last {age:.0f}s (limit {limit:g}s)"
+            abandoned = self._abandoned
+            if abandoned is not None and abandoned.is_alive():
+                reason += "; a timed-out check is still running"
+            return False, reason
+        return True, "ok"
+
+
+# -- Docker events ---------------------------------------------------------------------------
+
+EVENT_FILTERS = {
+    "type": ["container", "network"],
+    "event": ["start", "die", "destroy", "connect", "disconnect"],
+}
+_WANTED = {
+    ("container", "start"),
+    ("container", "die"),
+    ("container", "destroy"),
+    ("network", "connect"),
+    ("network", "disconnect"),
+}
+
+
+class EventClient(Protocol):
+    def events(
+        self, *, decode: bool, filters: dict[str, list[str]]
+    ) -> Iterable[dict[str, Any]]: ...
+
+
+def _docker_client_factory(docker_host: str, docker_timeout: float) -> Callable[[], EventClient]:
+    def factory() -> EventClient:
+        import docker
+
+        client: EventClient = docker.APIClient(
+            base_url=docker_host, version="auto", timeout=docker_timeout
+        )
+        return client
+
+    return factory
+
+
+def event_reason(event: dict[str, Any]) -> str | None:
+    """ "container start" etc. for an event that should trigger a check, else None."""
+    kind = event.get("Type")
+    action = event.get("Action") or event.get("status")
+    if (kind, action) in _WANTED:
+        return f"{kind} {action}"
+    return None
+
+
+class DockerEventWatcher:
+    """Follows Docker's event stream (GET only) and calls `on_event(reason)` for relevant events."""
+
+    def __init__(
+        self,
+        on_event: Callable[[str], None],
+        *,
+        docker_host: str = "",
+        docker_timeout: float = 5.0,
+        client_factory: Callable[[], EventClient] | None = None,
+        backoff_min: float = 1.0,
+        backoff_max: float = 30.0,
+    ) -> None:
+        self._on_event = on_event
+        self._factory = client_factory or _docker_client_factory(docker_host, docker_timeout)
+        self._backoff_min = backoff_min
+        self._backoff_max = backoff_max
+        self._stop = threading.Event()
+        self._stream_lock = threading.Lock()
+        self._stream: Any = None
+        self._thread = threading.Thread(target=self._run, name="docker-events", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 1.0) -> None:
+        self._stop.set()
+        with self._stream_lock:
+            stream = self._stream
+        _close_quietly(stream)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        backoff = self._backoff_min
+        connected_before = False
+        while not self._stop.is_set():
+            connected_at: float | None = None
+            client: Any = None
+            try:
+                client = self._factory()
+                stream = client.events(decode=True, filters=EVENT_FILTERS)
+                with self._stream_lock:
+                    self._stream = stream
+                if self._stop.is_set():
+                    break
+                connected_at = time.monotonic()
+                if connected_before:
+                    log.info("docker event stream reconnected")
+                    self._notify("event stream reconnected")
+                else:
+                    log.debug("docker event stream connected")
+                connected_before = True
+                for event in stream:
+                    if self._stop.is_set():
+                        break
+                    reason = event_reason(event) if isinstance(event, dict) else None
+                    if reason:
+                        self._notify(reason)
+                error = "stream ended"
+            except Exception as exc:  # noqa: BLE001 - the watcher must never crash the process
+                error = f"{type(exc).__name__}: {exc}"
+            finally:
+                with self._stream_lock:
+                    stream, self._stream = self._stream, None
+                _close_quietly(stream)
+                _close_quietly(client)
+            if self._stop.is_set():
+                break
+            if connected_at is not None and time.monotonic() - connected_at >= self._backoff_max:
+                backoff = self._backoff_min
+            log.warning(
+                "docker event stream lost; reconnecting",
+                extra={"source": "docker", "err": error, "retry_in_seconds": backoff},
+            )
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, self._backoff_max)
+
+    def _notify(self, reason: str) -> None:
+        try:
+            self._on_event(reason)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("early check request failed", extra={"err": str(exc)})
+
+
+def _close_quietly(obj: Any) -> None:
+    close = getattr(obj, "close", None)
+    if close is None:
+        return
+    try:
+        close()
+    except Exception:  # noqa: BLE001
+        pass

@@ -1,0 +1,126 @@
+"""The source contract, and the small helpers every source shares.
+
+A source reads one part of the world in two steps:
+
+- `fetch()` talks to a tool or an API (read-only, always with a timeout) and returns the raw text it
+  printed, as `{snapshot file name: text}`;
+- `parse(files)` is pure: it turns those files, live or read back from a snapshot directory, into
+  model values.
+
+Expected failures (daemon unreachable, binary missing, permission denied, timeout, a snapshot file
+missing or garbled) raise `SourceError`, whose text is one line for the user: what failed and what
+to do about it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from typing import Protocol, runtime_checkable
+
+# Where the firewall tools live on Debian; a non-root PATH often lacks them.
+SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+# Text in a tool's error output that means "not allowed", and what to do about it.
+_DENIED = ("permission denied", "operation not permitted", "you must be root")
+_DENIED_HINT = "run the exporter as root (or with CAP_NET_ADMIN and CAP_NET_RAW)"
+
+
+class SourceError(Exception):
+    """An expected failure of one source; str(e) is one line: what failed, what to do."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split()))
+
+
+@runtime_checkable
+class Source(Protocol):
+    # "docker", "settings", "iptables", "ip6tables", "ebtables", "ipset", "nftables"
+    name: str
+
+    def fetch(self) -> dict[str, str]:
+        """Talk to the world; return raw files {snapshot file name: text}."""
+        ...
+
+    def parse(self, files: Mapping[str, str]) -> object:
+        """Pure: raw files to model values; SourceError when a needed file is missing/garbled."""
+        ...
+
+
+def require(source: str, files: Mapping[str, str], name: str) -> str:
+    """The text of a file the source cannot do without."""
+    try:
+        return files[name]
+    except KeyError:
+        raise SourceError(f"{source}: snapshot has no {name}") from None
+
+
+def parse_go_bool(text: str) -> bool | None:
+    """A boolean as Go's strconv.ParseBool reads it (dockerd's flags and network options)."""
+    if text in ("1", "t", "T", "TRUE", "true", "True"):
+        return True
+    if text in ("0", "f", "F", "FALSE", "false", "False"):
+        return False
+    return None
+
+
+def find_binary(name: str, path: str | None = None) -> str | None:
+    """The absolute path of a tool: on `path` when given, else on $PATH and then the sbin dirs."""
+    if path is not None:
+        return shutil.which(name, path=path)
+    return shutil.which(name) or shutil.which(name, path=os.pathsep.join(SBIN_DIRS))
+
+
+def decode(data: bytes) -> str:
+    """Tool output as text; bytes that are not UTF-8 survive a round trip through a snapshot."""
+    return data.decode("utf-8", "surrogateescape")
+
+
+def run_tool(source: str, argv: Sequence[str], timeout: float) -> str:
+    """Run a read-only tool and return what it printed on stdout.
+
+    argv[0] must be an absolute path (see `find_binary`). The tool runs with LC_ALL=C, no stdin and
+    a hard timeout; a tool that hangs is killed.
+    """
+    command = " ".join([os.path.basename(argv[0]), *argv[1:]])
+    env = dict(os.environ, LC_ALL="C", LANG="C")
+    try:
+        # A session of its own, so a hung tool and any child it started are killed together.
+        process = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
+    except PermissionError:
+        raise SourceError(f"{source}: cannot execute {argv[0]}: permission denied") from None
+    except OSError as error:
+        raise SourceError(f"{source}: cannot run {argv[0]}: {error.strerror or error}") from None
+    try:
+        stdout, stderr_bytes = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(process)
+        raise SourceError(f"{source}: {command} timed out after {timeout:g}s") from None
+    done = subprocess.CompletedProcess(argv, process.returncode, stdout, stderr_bytes)
+    if done.returncode != 0:
+        stderr = decode(done.stderr).strip()
+        first = stderr.splitlines()[0] if stderr else "(no error output)"
+        hint = f"; {_DENIED_HINT}" if any(d in stderr.lower() for d in _DENIED) else ""
+        raise SourceError(f"{source}: {command} failed (exit {done.returncode}): {first}{hint}")
+    return decode(done.stdout)
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except OSError:
+        process.kill()
+    try:
+        process.communicate(timeout=5)
+    except subprocess.TimeoutExpired:  # pragma: no cover - a process that survives SIGKILL
+        pass

@@ -1,0 +1,478 @@
+"""The kernel's packet filters: iptables and ip6tables (both backends), ebtables, ipset, nftables.
+
+Only read-only commands run, each with a timeout:
+
+- iptables: `iptables-nft-save` and `iptables-legacy-save` (ip6tables-* for IPv6), whichever are
+  installed; plain `iptables-save` only when neither variant is (its `--version` tells which it is).
+  Files (ip6tables-* for IPv6):
+  - iptables-save.txt: the exact output of the primary backend, the one holding Docker's chains
+    (DOCKER, DOCKER-FORWARD or DOCKER-USER in table filter). When both hold them, the backend that
+    `iptables` itself resolves to (dockerd runs `iptables`); when neither does, that same one.
+    With a forced backend (nft/legacy) it is always that backend's output.
+  - iptables-nft-save.txt / iptables-legacy-save.txt: the other backend's output, only when it holds
+    a rule or a builtin chain whose policy is not ACCEPT (both backends' rules apply to packets).
+  - firewall-backend.txt (IPv4) / firewall-backend-ipv6.txt (IPv6): the backend iptables-save.txt
+    came from, "nft" or "legacy".
+  Backend "libiptc" reads the legacy tables in-process with python-iptables instead of running
+  iptables-legacy-save, and renders them in iptables-save format (same files, backend legacy). It
+  reads only the tables listed in /proc/net/ip_tables_names, so it never makes the kernel load a
+  table module, and never commits (python-iptables' default autocommit would write the table back).
+- ebtables: `ebtables-nft-save` (else `ebtables-save`) -> ebtables-save.txt; when the legacy
+  ebtables module is loaded (/sys/module/ebtables), also `ebtables-legacy-save` ->
+  ebtables-legacy-save.txt.
+- ipset: `ipset save` -> ipset-save.txt (empty when ipset is not installed and the ip_set module is
+  not loaded: no set can exist then).
+- nftables: `nft -j list ruleset` -> nft-ruleset.json (`{"nftables": []}` when nft is not installed
+  and the nf_tables module is not loaded). A kernel with nf_tables built in shows no
+  /sys/module/nf_tables; without nft installed such a host is read as having no nft tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from exporter.firewall.rules import Backend, IPSet, Ruleset
+from exporter.firewall.state import NftablesInfo
+from exporter.sources.base import SourceError, decode, find_binary, require, run_tool
+
+IptablesBackendChoice = Literal["auto", "nft", "legacy", "libiptc"]
+BACKENDS: tuple[Backend, ...] = ("nft", "legacy")
+DOCKER_CHAINS = ("DOCKER", "DOCKER-FORWARD", "DOCKER-USER")
+
+EBTABLES_FILE = "ebtables-save.txt"
+EBTABLES_LEGACY_FILE = "ebtables-legacy-save.txt"
+IPSET_FILE = "ipset-save.txt"
+NFT_FILE = "nft-ruleset.json"
+NFT_EMPTY = '{"nftables": []}\n'
+
+_CHAIN_LINE = re.compile(r"^:(\S+)\s+(\S+)")
+
+
+@dataclass(frozen=True)
+class IptablesRead:
+    """One family's rulesets: iptables-save.txt's first, then the other backend's when it holds any.
+
+    primary: the backend whose ruleset holds Docker's chains (iptables-save.txt's backend first);
+    None when no ruleset does (dockerd runs with --iptables=false, or its rules were flushed).
+    """
+
+    primary: Backend | None
+    rulesets: tuple[Ruleset, ...]
+
+
+def holds_docker_chains(ruleset: Ruleset) -> bool:
+    return any(ruleset.chain("filter", name) is not None for name in DOCKER_CHAINS)
+
+
+def text_holds_docker_chains(text: str) -> bool:
+    """Whether an iptables-save dump declares one of Docker's chains in table filter."""
+    table = None
+    for line in text.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+        elif table == "filter":
+            found = _CHAIN_LINE.match(line)
+            if found and found.group(1) in DOCKER_CHAINS:
+                return True
+    return False
+
+
+def text_holds_anything(text: str) -> bool:
+    """Whether a dump holds a rule or a builtin chain whose policy is not ACCEPT."""
+    for line in text.splitlines():
+        if line.startswith("-A ") or line.startswith("[") and "-A " in line:
+            return True
+        found = _CHAIN_LINE.match(line)
+        if found and found.group(2) not in ("ACCEPT", "-"):
+            return True
+    return False
+
+
+class IptablesSource:
+    """iptables (family ipv4) or ip6tables (family ipv6), read from one or both backends."""
+
+    def __init__(
+        self,
+        family: Literal["ipv4", "ipv6"] = "ipv4",
+        backend: IptablesBackendChoice = "auto",
+        timeout: float = 5.0,
+        *,
+        path: str | None = None,
+        procfs: str = "/proc",
+    ) -> None:
+        if family not in ("ipv4", "ipv6"):
+            raise ValueError(f"family must be ipv4 or ipv6, not {family!r}")
+        if backend not in ("auto", "nft", "legacy", "libiptc"):
+            raise ValueError(f"backend must be auto, nft, legacy or libiptc, not {backend!r}")
+        self.family = family
+        self.backend = backend
+        self.timeout = timeout
+        self.path = path
+        self.procfs = procfs
+        self.tool = "iptables" if family == "ipv4" else "ip6tables"
+        self.name = self.tool
+        self.save_file = f"{self.tool}-save.txt"
+        self.backend_file = (
+            "firewall-backend.txt" if family == "ipv4" else "firewall-backend-ipv6.txt"
+        )
+
+    def backend_save_file(self, backend: Backend) -> str:
+        return f"{self.tool}-{backend}-save.txt"
+
+    # -- fetch ----------------------------------------------------------------------------------
+
+    def _binaries(self) -> dict[Backend, str]:
+        found: dict[Backend, str] = {}
+        for backend in BACKENDS:
+            binary = find_binary(f"{self.tool}-{backend}-save", self.path)
+            if binary:
+                found[backend] = binary
+        if not found:
+            plain = find_binary(f"{self.tool}-save", self.path)
+            if plain:
+                version = run_tool(self.name, [plain, "--version"], self.timeout)
+                found["nft" if "nf_tables" in version else "legacy"] = plain
+        return found
+
+    def _default_backend(self) -> Backend | None:
+        """The backend `iptables` resolves to (Debian's alternatives link), as dockerd runs it."""
+        binary = find_binary(self.tool, self.path)
+        if not binary:
+            return None
+        target = os.path.basename(os.path.realpath(binary))
+        if "legacy" in target:
+            return "legacy"
+        if "nft" in target:
+            return "nft"
+        return None
+
+    def _missing(self, what: str) -> SourceError:
+        return SourceError(
+            f"{self.name}: {what} not found; install the Debian package iptables"
+        )
+
+    def fetch(self) -> dict[str, str]:
+        outputs: dict[Backend, str] = {}
+        binaries = self._binaries()
+        if self.backend == "libiptc":
+            outputs["legacy"] = read_libiptc(self.family, self.procfs, self.timeout)
+            if "nft" in binaries:
+                outputs["nft"] = run_tool(self.name, [binaries["nft"]], self.timeout)
+            primary: Backend = "legacy"
+        else:
+            if self.backend in BACKENDS and self.backend not in binaries:
+                raise self._missing(f"{self.tool}-{self.backend}-save")
+            if not binaries:
+                raise self._missing(
+                    f"{self.tool}-nft-save, {self.tool}-legacy-save and {self.tool}-save"
+                )
+            for backend, binary in binaries.items():
+                outputs[backend] = run_tool(self.name, [binary], self.timeout)
+            if self.backend in BACKENDS:
+                primary = self.backend  # type: ignore[assignment]
+            else:
+                primary = self._choose(outputs)
+        files = {self.save_file: outputs[primary], self.backend_file: primary + "\n"}
+        for backend, text in outputs.items():
+            if backend != primary and text_holds_anything(text):
+                files[self.backend_save_file(backend)] = text
+        return files
+
+    def _choose(self, outputs: Mapping[Backend, str]) -> Backend:
+        docker = [b for b in BACKENDS if b in outputs and text_holds_docker_chains(outputs[b])]
+        if len(docker) == 1:
+            return docker[0]
+        default = self._default_backend()
+        candidates = docker or [b for b in BACKENDS if b in outputs]
+        if default in candidates:
+            return default  # type: ignore[return-value]
+        return candidates[0]
+
+    # -- parse ----------------------------------------------------------------------------------
+
+    def parse(self, files: Mapping[str, str]) -> IptablesRead:
+        from exporter.firewall.parse import parse_iptables_save
+
+        text = require(self.name, files, self.save_file)
+        hint: Backend | None = None
+        if self.backend_file in files:
+            word = files[self.backend_file].strip()
+            if word not in BACKENDS:
+                raise SourceError(
+                    f"{self.name}: {self.backend_file} names no backend (nft/legacy): {word!r}"
+                )
+            hint = word  # type: ignore[assignment]
+        first = parse_iptables_save(text, self.family, hint)
+        if hint is not None and first.backend != hint:
+            first = dataclasses.replace(first, backend=hint)
+        rulesets = [first]
+        for backend in BACKENDS:
+            name = self.backend_save_file(backend)
+            if backend != first.backend and name in files:
+                other = parse_iptables_save(files[name], self.family, backend)
+                rulesets.append(dataclasses.replace(other, backend=backend))
+        primary = next((r.backend for r in rulesets if holds_docker_chains(r)), None)
+        return IptablesRead(primary=primary, rulesets=tuple(rulesets))
+
+
+# -- libiptc (python-iptables) --------------------------------------------------------------------
+
+# python-iptables reads extension options by redirecting the process's stdout (fd 1): one reader at
+# a time.
+_LIBIPTC_LOCK = threading.Lock()
+
+
+def read_libiptc(family: str, procfs: str = "/proc", timeout: float = 5.0) -> str:
+    """The legacy tables of one family, read with python-iptables, in iptables-save format."""
+    source = "iptables" if family == "ipv4" else "ip6tables"
+    names_file = os.path.join(
+        procfs, "net", "ip_tables_names" if family == "ipv4" else "ip6_tables_names"
+    )
+    try:
+        with open(names_file, encoding="ascii") as handle:
+            tables = [line.strip() for line in handle if line.strip()]
+    except FileNotFoundError:
+        return ""  # the legacy x_tables module is not loaded: no legacy table exists
+    except OSError as error:
+        raise SourceError(f"{source}: cannot read {names_file}: {error.strerror}") from None
+    try:
+        import iptc
+    except Exception as error:  # noqa: BLE001 - a missing libiptc surfaces as many errors
+        raise SourceError(
+            f"{source}: python-iptables (libiptc) cannot be loaded: {error}; "
+            "use --iptables.backend=auto"
+        ) from None
+    factory = iptc.Table if family == "ipv4" else iptc.Table6
+    result: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            with _LIBIPTC_LOCK:
+                parts = []
+                for name in tables:
+                    # autocommit=False: never write the table back when the handle is freed.
+                    table = factory(name, autocommit=False)
+                    try:
+                        parts.append(render_table(name, table, family))
+                    finally:
+                        table.close()
+                result["text"] = "".join(parts)
+        except Exception as error:  # noqa: BLE001
+            result["error"] = error
+
+    thread = threading.Thread(target=work, name=f"libiptc-{family}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise SourceError(f"{source}: reading the legacy tables with libiptc timed out after "
+                          f"{timeout:g}s")
+    if "error" in result:
+        error = result["error"]
+        hint = "; run the exporter as root" if "ermission" in str(error) else ""
+        raise SourceError(f"{source}: libiptc failed: {error}{hint}")
+    return result["text"]
+
+
+def render_table(name: str, table: Any, family: str) -> str:
+    """One python-iptables table as iptables-save prints it (without counters)."""
+    lines = [f"*{name}"]
+    chains = list(table.chains)
+    for chain in chains:
+        policy = chain.get_policy() if chain.is_builtin() else None
+        lines.append(f":{chain.name} {policy.name if policy else '-'} [0:0]")
+    for chain in chains:
+        for rule in chain.rules:
+            lines.append(render_rule(chain.name, rule, family))
+    lines.append("COMMIT")
+    return "".join(line + "\n" for line in lines)
+
+
+def render_rule(chain: str, rule: Any, family: str) -> str:
+    words = [f"-A {chain}"]
+    for flag, value in (("-s", rule.src), ("-d", rule.dst)):
+        address = _address(value, family)
+        if address:
+            words.append(address[0] + flag + " " + address[1])
+    for flag, value in (("-i", rule.in_interface), ("-o", rule.out_interface)):
+        if value:
+            negated = value.startswith("!")
+            words.append(("! " if negated else "") + flag + " " + value.lstrip("!"))
+    protocol = rule.protocol or ""
+    if protocol.lstrip("!") not in ("", "ip", "0", "all", "ipv6"):
+        words.append(("! " if protocol.startswith("!") else "") + "-p " + protocol.lstrip("!"))
+    if family == "ipv4" and getattr(rule, "fragment", False):
+        words.append("-f")
+    ip = rule.get_ip()
+    for match in rule.matches:
+        words.append(f"-m {match.name}")
+        args = _saved(match, ip)
+        if args:
+            words.append(args)
+    target = rule.target
+    if target is not None and target.name:
+        words.append(("-g " if getattr(target, "_goto", False) else "-j ") + target.name)
+        args = _saved(target, ip)
+        if args:
+            words.append(args)
+    return " ".join(words)
+
+
+def _saved(module: Any, ip: Any) -> str:
+    """The options an extension prints for itself (its save function)."""
+    try:
+        buf = module._get_saved_buf(ip)
+    except Exception:  # noqa: BLE001 - a standard target has no save function
+        return ""
+    if not buf:
+        return ""
+    return (decode(buf) if isinstance(buf, bytes) else str(buf)).strip()
+
+
+def _address(value: str | None, family: str) -> tuple[str, str] | None:
+    """("! " or "", "ADDR/PREFIX") for python-iptables' "!ADDR/MASK"; None for any address."""
+    if not value:
+        return None
+    negated = value.startswith("!")
+    text = value.lstrip("!")
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return ("! " if negated else "", text)
+    if network.prefixlen == 0:
+        return None
+    return ("! " if negated else "", f"{network.network_address}/{network.prefixlen}")
+
+
+# -- ebtables -------------------------------------------------------------------------------------
+
+
+class EbtablesSource:
+    """The bridge family (ebtables, either backend)."""
+
+    name = "ebtables"
+
+    def __init__(self, timeout: float = 5.0, *, path: str | None = None,
+                 sysfs: str = "/sys") -> None:
+        self.timeout = timeout
+        self.path = path
+        self.sysfs = sysfs
+
+    def fetch(self) -> dict[str, str]:
+        binary = find_binary("ebtables-nft-save", self.path) or find_binary(
+            "ebtables-save", self.path
+        )
+        if binary is None:
+            raise SourceError(
+                "ebtables: ebtables-save not found; install the Debian package ebtables"
+            )
+        files = {EBTABLES_FILE: run_tool(self.name, [binary], self.timeout)}
+        legacy = find_binary("ebtables-legacy-save", self.path)
+        if legacy and os.path.isdir(os.path.join(self.sysfs, "module", "ebtables")):
+            if os.path.realpath(legacy) != os.path.realpath(binary):
+                files[EBTABLES_LEGACY_FILE] = run_tool(self.name, [legacy], self.timeout)
+        return files
+
+    def parse(self, files: Mapping[str, str]) -> Ruleset:
+        """The bridge Ruleset that decides: ebtables-save.txt's, or the legacy one when only that
+        one holds anything. Both apply to bridged frames and FirewallState.bridge holds one, so
+        when both hold rules this is a SourceError (bridge stages are then unknown, not guessed).
+        """
+        from exporter.firewall.parse import parse_ebtables_save
+
+        main = parse_ebtables_save(require(self.name, files, EBTABLES_FILE))
+        if EBTABLES_LEGACY_FILE not in files:
+            return main
+        legacy = dataclasses.replace(
+            parse_ebtables_save(files[EBTABLES_LEGACY_FILE]), backend="legacy"
+        )
+        if legacy.empty and not legacy.unknown_lines:
+            return main
+        if main.empty and not main.unknown_lines:
+            return legacy
+        raise SourceError(
+            "ebtables: both ebtables-nft and ebtables-legacy hold rules; the bridge stage cannot "
+            "be judged from one ruleset; remove the rules of the backend not in use"
+        )
+
+
+# -- ipset ----------------------------------------------------------------------------------------
+
+
+class IpsetSource:
+    name = "ipset"
+
+    def __init__(self, timeout: float = 5.0, *, path: str | None = None,
+                 sysfs: str = "/sys") -> None:
+        self.timeout = timeout
+        self.path = path
+        self.sysfs = sysfs
+
+    def fetch(self) -> dict[str, str]:
+        # Without the ip_set module (it has parameters, so it shows in /sys/module even when built
+        # in) no set can exist; running `ipset` would load the module: a side effect we avoid.
+        if not os.path.isdir(os.path.join(self.sysfs, "module", "ip_set")):
+            return {IPSET_FILE: ""}
+        binary = find_binary("ipset", self.path)
+        if binary is None:
+            raise SourceError(
+                "ipset: ipset not found but the ip_set module is loaded; "
+                "install the Debian package ipset"
+            )
+        return {IPSET_FILE: run_tool(self.name, [binary, "save"], self.timeout)}
+
+    def parse(self, files: Mapping[str, str]) -> dict[str, IPSet]:
+        return _pure(self.name, IPSET_FILE, files, _parse_ipset)
+
+
+# -- nftables -------------------------------------------------------------------------------------
+
+
+class NftablesSource:
+    name = "nftables"
+
+    def __init__(self, timeout: float = 5.0, *, path: str | None = None,
+                 sysfs: str = "/sys") -> None:
+        self.timeout = timeout
+        self.path = path
+        self.sysfs = sysfs
+
+    def fetch(self) -> dict[str, str]:
+        binary = find_binary("nft", self.path)
+        if binary is None:
+            if not os.path.isdir(os.path.join(self.sysfs, "module", "nf_tables")):
+                return {NFT_FILE: NFT_EMPTY}  # no nf_tables module: no nft table can exist
+            raise SourceError(
+                "nftables: nft not found but the nf_tables module is loaded; "
+                "install the Debian package nftables"
+            )
+        return {NFT_FILE: run_tool(self.name, [binary, "-j", "list", "ruleset"], self.timeout)}
+
+    def parse(self, files: Mapping[str, str]) -> NftablesInfo:
+        return _pure(self.name, NFT_FILE, files, _parse_nft)
+
+
+def _parse_ipset(text: str) -> dict[str, IPSet]:
+    from exporter.firewall.parse import parse_ipset_save
+
+    return parse_ipset_save(text)
+
+
+def _parse_nft(text: str) -> NftablesInfo:
+    from exporter.firewall.parse import parse_nft_ruleset
+
+    return parse_nft_ruleset(text)
+
+
+def _pure(source: str, name: str, files: Mapping[str, str], parse: Callable[[str], Any]) -> Any:
+    text = require(source, files, name)
+    try:
+        return parse(text)
+    except ValueError as error:
+        raise SourceError(f"{source}: {name}: {error}") from None

@@ -1,0 +1,103 @@
+"""A snapshot: the raw files every source fetched, in one directory, so a check can be rerun
+offline (`check --snapshot DIR`) with the same parse code and the same verdicts.
+
+Layout (file -> what printed it):
+
+- docker-version.json      Docker API GET /version
+- docker-networks.json     Docker API GET /networks
+- docker-containers.json   Docker API GET /containers/json (running containers)
+- docker-inspect.json      JSON array of GET /containers/ID/json, one per listed container
+- dockerd-cmdline.txt      /proc/PID/cmdline of the judged dockerd, one argv element per line
+                           (absent when no dockerd process was visible)
+- daemon.json              dockerd's config file (absent when not readable)
+- sysctl.txt               bridge-nf-call-iptables / bridge-nf-call-ip6tables / net.ipv4.ip_forward
+                           from /proc/sys, `key=value`, value `absent` or `unreadable` when so
+- iptables-save.txt        iptables-nft-save or iptables-legacy-save: the primary backend's dump
+- iptables-nft-save.txt    the other backend's dump, when it holds anything (one of these two)
+- iptables-legacy-save.txt
+- firewall-backend.txt     "nft" or "legacy": the backend iptables-save.txt came from
+- ip6tables-save.txt, ip6tables-nft-save.txt, ip6tables-legacy-save.txt,
+  firewall-backend-ipv6.txt  the same for IPv6 (ip6tables-*-save)
+- ebtables-save.txt        ebtables-nft-save (else ebtables-save)
+- ebtables-legacy-save.txt ebtables-legacy-save, when the legacy ebtables module is loaded
+- ipset-save.txt           ipset save (empty when ipset is absent and ip_set is not loaded)
+- nft-ruleset.json         nft -j list ruleset ({"nftables": []} when nft is absent and nf_tables
+                           is not loaded)
+- meta.json                written by write_snapshot: exporter version, time, hostname, and what
+                           the caller adds (which sources were read, which failed and why)
+
+A file a source could not fetch is simply missing; its parse then raises SourceError, as it would
+live. Files are written and read byte for byte (UTF-8, undecodable bytes kept via surrogateescape).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from exporter import __version__
+from exporter.sources.base import SourceError
+
+META_FILE = "meta.json"
+
+
+def _check_name(name: str) -> None:
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise SourceError(f"snapshot: {name!r} is not a plain file name")
+    if name == META_FILE:
+        raise SourceError(f"snapshot: {META_FILE} is written by the snapshot itself")
+
+
+def write_snapshot(directory: Path, files: Mapping[str, str], meta: Mapping[str, object]) -> None:
+    """Write `files` and meta.json into `directory` (created; it must not hold anything yet)."""
+    directory = Path(directory)
+    for name in files:
+        _check_name(name)
+    if directory.exists() and not directory.is_dir():
+        raise SourceError(f"snapshot: {directory} exists and is not a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        if any(directory.iterdir()):
+            raise SourceError(
+                f"snapshot: {directory} is not empty; choose a new directory "
+                "(a snapshot never overwrites another)"
+            )
+        for name, text in files.items():
+            with open(directory / name, "w", encoding="utf-8", errors="surrogateescape",
+                      newline="") as handle:
+                handle.write(text)
+        document = {
+            "exporter_version": __version__,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "hostname": socket.gethostname(),
+            "files": sorted(files),
+            **meta,
+        }
+        with open(directory / META_FILE, "w", encoding="utf-8") as handle:
+            json.dump(document, handle, indent=2, sort_keys=True, default=str)
+            handle.write("\n")
+    except OSError as error:
+        raise SourceError(
+            f"snapshot: cannot write {directory}: {error.strerror or error}"
+        ) from None
+
+
+def read_snapshot(directory: Path) -> dict[str, str]:
+    """Every regular file of a snapshot directory (meta.json included), by name."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise SourceError(f"snapshot: {directory} is not a directory; give a snapshot directory")
+    files: dict[str, str] = {}
+    try:
+        for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+            if entry.is_file(follow_symlinks=False):
+                with open(entry.path, encoding="utf-8", errors="surrogateescape",
+                          newline="") as handle:
+                    files[entry.name] = handle.read()
+    except OSError as error:
+        raise SourceError(f"snapshot: cannot read {directory}: {error.strerror or error}") from None
+    return files

@@ -1,0 +1,289 @@
+"""The scheduler: deadlines, no overlapping checks, debounced early checks, event stream retries."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from exporter.latest import Latest
+from exporter.report import Report, SourceStatus
+from exporter.scheduler import CheckScheduler, DockerEventWatcher, event_reason, run_with_deadline
+
+
+def ok_report() -> Report:
+    return Report(
+        started=time.time(),
+        duration_seconds=0.0,
+        up=True,
+        evaluated=True,
+        sources=(SourceStatus("docker", True, 0.0),),
+    )
+
+
+def wait_for(condition, timeout: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+@pytest.fixture
+def release():
+    """Set at teardown so blocked fake checks end with the test."""
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+class Counter:
+    def __init__(self, duration: float = 0.0) -> None:
+        self.duration = duration
+        self.calls = 0
+        self.active = 0
+        self.max_active = 0
+        self.lock = threading.Lock()
+
+    def __call__(self) -> Report:
+        with self.lock:
+            self.calls += 1
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        try:
+            time.sleep(self.duration)
+            return ok_report()
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+def test_deadline_returns_failed_report_and_abandons_thread(release):
+    began = time.monotonic()
+    report, abandoned = run_with_deadline(lambda: release.wait(30) and ok_report(), 0.3)
+    assert time.monotonic() - began < 1.3
+    assert abandoned is not None and abandoned.is_alive() and abandoned.daemon
+    assert not report.up and not report.evaluated
+    assert report.errors == ("check timed out after 0.3s",)
+    assert [(s.name, s.up) for s in report.sources] == [("check", False)]
+
+
+def test_deadline_names_the_hung_source(release):
+    class HangingSource:
+        name = "iptables"
+
+        def fetch(self) -> dict[str, str]:
+            release.wait(30)
+            return {}
+
+    report, _ = run_with_deadline(lambda: (HangingSource().fetch(), ok_report())[1], 0.2)
+    assert [(s.name, s.up) for s in report.sources] == [("iptables", False)]
+    assert report.sources[0].error == "timed out after 0.2s"
+
+
+def test_exception_becomes_failed_report():
+    def boom() -> Report:
+        raise RuntimeError("socket closed")
+
+    report, abandoned = run_with_deadline(boom, 1.0)
+    assert abandoned is None
+    assert not report.evaluated
+    assert report.errors == ("check failed: RuntimeError: socket closed",)
+
+
+def test_scheduled_timeout_publishes_within_deadline(release):
+    latest = Latest()
+    scheduler = CheckScheduler(
+        lambda: release.wait(30) and ok_report(), latest, interval=60, timeout=0.5, debounce=0.1
+    )
+    began = time.monotonic()
+    scheduler.start()
+    try:
+        assert wait_for(lambda: latest.report is not None, timeout=1.5)
+        assert time.monotonic() - began < 1.5
+        report = latest.report
+        assert report is not None and not report.evaluated
+        assert report.errors == ("check timed out after 0.5s",)
+        assert latest.snapshot().check_errors_total == {"check": 1}
+    finally:
+        scheduler.shutdown()
+
+
+def test_no_new_check_while_an_abandoned_one_runs(release):
+    calls = []
+
+    def hang() -> Report:
+        calls.append(1)
+        release.wait(30)
+        return ok_report()
+
+    latest = Latest()
+    scheduler = CheckScheduler(hang, latest, interval=60, timeout=0.1)
+    scheduler.run_check()
+    scheduler.run_check()  # the first is still hanging: skipped, nothing published
+    assert len(calls) == 1
+    assert latest.snapshot().checks_total == 1
+    release.set()
+    assert wait_for(
+        lambda: scheduler._abandoned is not None and not scheduler._abandoned.is_alive()
+    )
+    release.clear()
+    scheduler.run_check()  # the abandoned one ended: a new check runs (and hangs again)
+    assert len(calls) == 2
+    assert latest.snapshot().checks_total == 2
+
+
+def test_periodic_checks_never_overlap():
+    check = Counter(duration=0.15)
+    latest = Latest()
+    scheduler = CheckScheduler(check, latest, interval=0.05, timeout=1.0, debounce=0.0)
+    scheduler.start()
+    try:
+        for _ in range(10):
+            scheduler.trigger("container start")
+            time.sleep(0.05)
+        assert wait_for(lambda: check.calls >= 3)
+    finally:
+        scheduler.shutdown()
+    assert check.max_active == 1
+    assert latest.snapshot().checks_total >= 3
+
+
+def test_events_are_debounced_into_one_early_check():
+    check = Counter()
+    scheduler = CheckScheduler(check, Latest(), interval=60, timeout=1.0, debounce=0.2)
+    scheduler.start()
+    try:
+        assert wait_for(lambda: check.calls == 1)  # the first check runs at once
+        time.sleep(0.05)
+        for _ in range(5):
+            scheduler.trigger("container die")
+        time.sleep(0.1)
+        assert check.calls == 1  # not before the debounce delay
+        assert wait_for(lambda: check.calls == 2, timeout=1.0)
+        time.sleep(0.3)
+        assert check.calls == 2  # a burst makes one check
+    finally:
+        scheduler.shutdown()
+
+
+def test_event_during_a_check_schedules_one_more():
+    started = threading.Event()
+    gate = threading.Event()
+    calls = []
+
+    def check() -> Report:
+        calls.append(1)
+        started.set()
+        if len(calls) == 1:
+            gate.wait(5)
+        return ok_report()
+
+    scheduler = CheckScheduler(check, Latest(), interval=60, timeout=5.0, debounce=0.05)
+    scheduler.start()
+    try:
+        assert started.wait(2)
+        scheduler.trigger("network connect")
+        gate.set()
+        assert wait_for(lambda: len(calls) == 2, timeout=2.0)
+    finally:
+        gate.set()
+        scheduler.shutdown()
+
+
+def test_health():
+    now = [1000.0]
+    scheduler = CheckScheduler(ok_report, Latest(), interval=15, timeout=10, clock=lambda: now[0])
+    ok, reason = scheduler.health()
+    assert not ok and reason == "scheduler is not running"
+    scheduler.start()
+    try:
+        assert wait_for(lambda: scheduler.last_started is not None)
+        assert scheduler.health() == (True, "ok")
+        now[0] += 3 * 15 + 10 + 1
+        ok, reason = scheduler.health()
+        assert not ok
+        assert reason == "no check started in the last 56s (limit 55s)"
+    finally:
+        scheduler.shutdown()
+    assert scheduler.health()[0] is False
+
+
+def test_event_reason_filter():
+    assert event_reason({"Type": "container", "Action": "start"}) == "container start"
+    assert event_reason({"Type": "network", "Action": "disconnect"}) == "network disconnect"
+    assert event_reason({"Type": "container", "Action": "exec_start: sh"}) is None
+    assert event_reason({"Type": "image", "Action": "pull"}) is None
+
+
+class FakeClient:
+    def __init__(self, events, fail: Exception | None = None) -> None:
+        self._events = events
+        self._fail = fail
+        self.calls = []
+
+    def events(self, *, decode, filters):
+        self.calls.append((decode, filters))
+        if self._fail:  # like docker's APIClient: the request fails at call time
+            raise self._fail
+        return iter(self._events)
+
+    def close(self) -> None:
+        pass
+
+
+def test_event_watcher_triggers_and_reconnects_with_backoff():
+    clients = [
+        FakeClient([], fail=ConnectionError("docker.sock: connection refused")),
+        FakeClient(
+            [
+                {"Type": "container", "Action": "start"},
+                {"Type": "container", "Action": "exec_create: sh"},
+                {"Type": "network", "Action": "connect"},
+            ]
+        ),
+        FakeClient([{"Type": "container", "Action": "die"}]),
+    ]
+    made = []
+
+    def factory():
+        client = clients[len(made)] if len(made) < len(clients) else FakeClient([], RuntimeError())
+        made.append(client)
+        return client
+
+    reasons = []
+    watcher = DockerEventWatcher(
+        reasons.append, client_factory=factory, backoff_min=0.01, backoff_max=0.05
+    )
+    watcher.start()
+    try:
+        assert wait_for(lambda: len(made) >= 4)
+    finally:
+        watcher.stop()
+    assert not watcher.is_alive()
+    assert reasons[:4] == [
+        "container start",
+        "network connect",
+        "event stream reconnected",
+        "container die",
+    ]
+    decode, filters = clients[1].calls[0]
+    assert decode is True and filters["type"] == ["container", "network"]
+
+
+def test_event_watcher_survives_a_failing_callback():
+    def on_event(reason: str) -> None:
+        raise RuntimeError("scheduler gone")
+
+    client = FakeClient([{"Type": "container", "Action": "start"}] * 3)
+    watcher = DockerEventWatcher(
+        on_event, client_factory=lambda: client, backoff_min=0.01, backoff_max=0.02
+    )
+    watcher.start()
+    try:
+        assert wait_for(lambda: len(client.calls) >= 2)
+        assert watcher.is_alive()
+    finally:
+        watcher.stop()

@@ -1,0 +1,308 @@
+"""DockerSource: parse on real Docker 20.10 API replies, and the inspect cache with a fake client."""
+
+from __future__ import annotations
+
+import copy
+import json
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+import docker.errors
+import pytest
+import requests
+
+from exporter.model import Endpoint, ExposedPort, Link
+from exporter.sources.base import SourceError
+from exporter.sources.docker import (
+    CONTAINERS_FILE,
+    INSPECT_FILE,
+    NETWORKS_FILE,
+    VERSION_FILE,
+    DockerSource,
+)
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sources"
+MIXED = FIXTURES / "docker20.10-nft-mixed"
+DOCKER_FILES = (VERSION_FILE, NETWORKS_FILE, CONTAINERS_FILE, INSPECT_FILE)
+
+
+def load(case: Path = MIXED) -> dict[str, str]:
+    return {name: (case / name).read_text() for name in DOCKER_FILES}
+
+
+def by_name(state):
+    return {c.name: c for c in state.containers}
+
+
+def parse(files):
+    return DockerSource(None, 1.0, client=object()).parse(files)
+
+
+# -- parse on real captures --------------------------------------------------------------------
+
+
+def test_parse_networks_bridge_only_with_icc_and_bridge_names():
+    state = parse(load())
+    assert state.version == "20.10.24+dfsg1"
+    assert state.api_version == "1.41"
+    nets = {n.name: n for n in state.networks}
+    assert set(nets) == {"bridge", "isolated", "opennet"}  # host and none are not bridges
+    assert nets["bridge"].bridge == "docker0"
+    assert nets["bridge"].icc is False
+    assert nets["bridge"].default_bridge is True
+    assert nets["bridge"].subnets == (IPv4Network("172.17.0.0/16"),)
+    assert nets["isolated"].bridge == "br-7a8ccb151217"
+    assert nets["isolated"].icc is False
+    assert nets["isolated"].default_bridge is False
+    assert nets["opennet"].bridge == "br-d151f1a3dcd2"
+    assert nets["opennet"].icc is True  # option absent: Docker's default
+    assert all(not n.internal and not n.enable_ipv6 for n in nets.values())
+
+
+def test_parse_containers_ports_endpoints_links():
+    state = parse(load())
+    containers = by_name(state)
+    assert set(containers) == {"client2", "loner", "worker", "api", "client", "web"}
+    web, client, client2 = containers["web"], containers["client"], containers["client2"]
+    assert web.exposed == (ExposedPort(80, "tcp"),)
+    assert containers["api"].exposed == (ExposedPort(8080, "tcp"), ExposedPort(9090, "udp"))
+    assert set(client2.links) == {
+        Link(client2.id, web.id, "web"),
+        Link(client2.id, client.id, "peer"),
+    }
+    assert client.links == (Link(client.id, web.id, "db"),)
+    assert web.links == ()
+    bridge = next(n for n in state.networks if n.name == "bridge")
+    assert web.endpoint(bridge.id) == Endpoint(bridge.id, IPv4Address("172.17.0.2"), None)
+    worker = containers["worker"]
+    nets = {n.name: n.id for n in state.networks}
+    assert worker.endpoint(nets["isolated"]).ipv4 == IPv4Address("172.30.0.3")
+    assert worker.endpoint(nets["opennet"]).ipv4 == IPv4Address("172.31.0.2")
+    assert worker.endpoint(bridge.id) is None
+
+
+def test_legacy_capture_parses():
+    state = parse(load(FIXTURES / "docker20.10-legacy"))
+    containers = by_name(state)
+    assert containers["web"].exposed == (ExposedPort(80, "tcp"), ExposedPort(53, "udp"))
+    assert containers["client"].links == (
+        Link(containers["client"].id, containers["web"].id, "db"),
+    )
+
+
+def test_link_to_a_container_that_is_not_running_is_dropped():
+    files = load()
+    listed = [c for c in json.loads(files[CONTAINERS_FILE]) if "/web" not in c["Names"]]
+    inspected = [i for i in json.loads(files[INSPECT_FILE]) if i["Name"] != "/web"]
+    files[CONTAINERS_FILE] = json.dumps(listed)
+    files[INSPECT_FILE] = json.dumps(inspected)
+    containers = by_name(parse(files))
+    client2 = containers["client2"]
+    assert client2.links == (Link(client2.id, containers["client"].id, "peer"),)
+    assert containers["client"].links == ()
+
+
+def test_addresses_come_from_the_list_reply_not_the_inspect_reply():
+    files = load()
+    listed = json.loads(files[CONTAINERS_FILE])
+    web = next(c for c in listed if "/web" in c["Names"])
+    web["NetworkSettings"]["Networks"]["bridge"]["IPAddress"] = "172.17.0.9"
+    web["NetworkSettings"]["Networks"]["bridge"]["GlobalIPv6Address"] = "fd00::9"
+    files[CONTAINERS_FILE] = json.dumps(listed)
+    endpoint = by_name(parse(files))["web"].endpoints[0]
+    assert endpoint.ipv4 == IPv4Address("172.17.0.9")
+    assert str(endpoint.ipv6) == "fd00::9"
+
+
+@pytest.mark.parametrize("missing", DOCKER_FILES)
+def test_missing_file_is_a_source_error(missing):
+    files = load()
+    del files[missing]
+    with pytest.raises(SourceError, match=f"docker: snapshot has no {missing}"):
+        parse(files)
+
+
+def test_garbled_json_is_a_source_error():
+    files = load()
+    files[NETWORKS_FILE] = "{not json"
+    with pytest.raises(SourceError, match="docker-networks.json is not valid JSON"):
+        parse(files)
+
+
+def test_container_without_inspect_reply_is_a_source_error():
+    files = load()
+    files[INSPECT_FILE] = json.dumps(json.loads(files[INSPECT_FILE])[1:])
+    with pytest.raises(SourceError, match="has no reply for container"):
+        parse(files)
+
+
+def test_bad_exposed_port_is_a_source_error():
+    files = load()
+    inspected = json.loads(files[INSPECT_FILE])
+    inspected[0]["Config"]["ExposedPorts"] = {"80/icmp": {}}
+    files[INSPECT_FILE] = json.dumps(inspected)
+    with pytest.raises(SourceError, match="80/icmp"):
+        parse(files)
+
+
+# -- fetch with a fake APIClient ---------------------------------------------------------------
+
+
+class FakeClient:
+    """The four APIClient calls DockerSource makes, answered from the captures."""
+
+    def __init__(self, case: Path = MIXED) -> None:
+        files = load(case)
+        self.version_reply = json.loads(files[VERSION_FILE])
+        self.networks_reply = json.loads(files[NETWORKS_FILE])
+        self.listed = json.loads(files[CONTAINERS_FILE])
+        self.inspects = {i["Id"]: i for i in json.loads(files[INSPECT_FILE])}
+        self.calls: list[str] = []
+
+    def version(self):
+        self.calls.append("version")
+        return copy.deepcopy(self.version_reply)
+
+    def networks(self):
+        self.calls.append("networks")
+        return copy.deepcopy(self.networks_reply)
+
+    def containers(self, all=False):  # noqa: A002 - the SDK's name
+        assert all is False
+        self.calls.append("containers")
+        return copy.deepcopy(self.listed)
+
+    def inspect_container(self, container_id):
+        self.calls.append(f"inspect {container_id[:12]}")
+        if container_id not in self.inspects:
+            raise docker.errors.NotFound(f"No such container: {container_id}")
+        return copy.deepcopy(self.inspects[container_id])
+
+    def remove(self, name: str) -> None:
+        self.listed = [c for c in self.listed if f"/{name}" not in c["Names"]]
+
+
+def test_fetch_writes_the_four_files_and_parses_like_the_capture():
+    client = FakeClient()
+    source = DockerSource(None, 1.0, client=client)
+    files = source.fetch()
+    assert set(files) == set(DOCKER_FILES)
+    assert source.parse(files) == source.parse(load())
+    assert len(json.loads(files[INSPECT_FILE])) == 6
+
+
+def test_inspect_replies_are_cached_by_container_id():
+    client = FakeClient()
+    source = DockerSource(None, 1.0, client=client)
+    source.fetch()
+    assert source.last_inspect_calls() == 6
+    client.calls.clear()
+    files = source.fetch()
+    assert source.last_inspect_calls() == 0
+    assert client.calls == ["version", "networks", "containers"]
+    assert len(json.loads(files[INSPECT_FILE])) == 6
+
+
+def test_cache_entries_of_gone_containers_are_dropped():
+    client = FakeClient()
+    source = DockerSource(None, 1.0, client=client)
+    source.fetch()
+    full = copy.deepcopy(client.listed)
+    client.remove("loner")
+    files = source.fetch()
+    assert source.last_inspect_calls() == 0
+    assert "loner" not in by_name(source.parse(files))
+    client.listed = full  # the same id again: it was forgotten, so it is inspected anew
+    source.fetch()
+    assert source.last_inspect_calls() == 1
+
+
+def test_new_addresses_of_a_cached_container_are_seen():
+    client = FakeClient()
+    source = DockerSource(None, 1.0, client=client)
+    source.fetch()
+    web = next(c for c in client.listed if "/web" in c["Names"])
+    web["NetworkSettings"]["Networks"]["bridge"]["IPAddress"] = "172.17.0.42"
+    files = source.fetch()
+    assert source.last_inspect_calls() == 0
+    assert by_name(source.parse(files))["web"].endpoints[0].ipv4 == IPv4Address("172.17.0.42")
+
+
+def test_renamed_container_is_inspected_again():
+    client = FakeClient()
+    source = DockerSource(None, 1.0, client=client)
+    source.fetch()
+    loner = next(c for c in client.listed if "/loner" in c["Names"])
+    loner["Names"] = ["/hermit"]
+    client.inspects[loner["Id"]]["Name"] = "/hermit"
+    files = source.fetch()
+    assert source.last_inspect_calls() == 1
+    assert "hermit" in by_name(source.parse(files))
+
+
+def test_parent_is_inspected_again_when_its_link_names_change():
+    # The child "web" goes away and comes back as a new container: client's and client2's cached
+    # HostConfig.Links no longer match the link names the list shows.
+    client = FakeClient()
+    source = DockerSource(None, 1.0, client=client)
+    source.fetch()
+    web = next(c for c in client.listed if "/web" in c["Names"])
+    web["Names"] = ["/web"]  # Docker dropped the links when the old child was removed
+    client.inspects[web["Id"]] = copy.deepcopy(client.inspects[web["Id"]])
+    for parent in ("client", "client2"):
+        reply = next(i for i in client.inspects.values() if i["Name"] == f"/{parent}")
+        reply["HostConfig"]["Links"] = [
+            link for link in reply["HostConfig"]["Links"] if not link.startswith("/web:")
+        ]
+    files = source.fetch()
+    assert source.last_inspect_calls() == 2
+    containers = by_name(source.parse(files))
+    assert containers["client"].links == ()
+    assert [link.alias for link in containers["client2"].links] == ["peer"]
+
+
+def test_container_removed_between_list_and_inspect_is_left_out():
+    client = FakeClient()
+    gone = next(c for c in client.listed if "/loner" in c["Names"])["Id"]
+    del client.inspects[gone]
+    source = DockerSource(None, 1.0, client=client)
+    files = source.fetch()
+    assert all(c["Id"] != gone for c in json.loads(files[CONTAINERS_FILE]))
+    assert "loner" not in by_name(source.parse(files))
+
+
+class BrokenClient(FakeClient):
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def containers(self, all=False):  # noqa: A002
+        raise self.error
+
+
+def test_unreachable_daemon_is_one_clear_line():
+    refused = requests.exceptions.ConnectionError(
+        ConnectionRefusedError(111, "Connection refused")
+    )
+    source = DockerSource("unix:///run/x.sock", 1.0, client=BrokenClient(refused))
+    with pytest.raises(SourceError) as caught:
+        source.fetch()
+    message = str(caught.value)
+    assert message.startswith("docker: cannot reach unix:///run/x.sock: connection refused")
+    assert "--docker.host" in message
+    assert "\n" not in message
+
+
+def test_timeout_names_the_call_and_the_timeout():
+    source = DockerSource("unix:///run/x.sock", 2.5,
+                          client=BrokenClient(requests.exceptions.ReadTimeout("read timed out")))
+    with pytest.raises(SourceError, match=r"GET /containers/json .* timed out after 2.5s"):
+        source.fetch()
+
+
+def test_docker_host_is_honoured_when_no_url_is_given(monkeypatch, tmp_path):
+    sock = tmp_path / "nothing.sock"
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{sock}")
+    source = DockerSource(None, 1.0)
+    with pytest.raises(SourceError, match=f"cannot reach unix://{sock}: no such socket"):
+        source.fetch()

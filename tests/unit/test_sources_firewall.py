@@ -1,0 +1,357 @@
+"""Firewall sources: backend choice with fake binaries on a private PATH (real subprocesses),
+and parse of the files into rulesets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from exporter.firewall.state import NftablesInfo
+from exporter.sources.base import SourceError
+from exporter.sources.firewall import (
+    NFT_EMPTY,
+    EbtablesSource,
+    IpsetSource,
+    IptablesSource,
+    NftablesSource,
+    read_libiptc,
+    render_rule,
+)
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sources"
+NFT_DUMP = (FIXTURES / "docker20.10-nft-mixed" / "iptables-save.txt").read_text()
+LEGACY_DUMP = (FIXTURES / "docker20.10-legacy" / "iptables-legacy-save.txt").read_text()
+NFT_WARNING_ONLY = (FIXTURES / "docker20.10-legacy" / "iptables-nft-save.txt").read_text()
+LEGACY_NAT_ONLY = """*nat
+:PREROUTING ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A POSTROUTING -s 10.9.0.0/16 -j MASQUERADE
+COMMIT
+"""
+EMPTY_FILTER = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+
+
+def tool(bin_dir: Path, name: str, output: str = "", *, exit_code: int = 0, stderr: str = "",
+         sleep: float = 0) -> None:
+    """A fake tool: prints `output` exactly (and `stderr`), exits with `exit_code`."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    data = bin_dir / f"{name}.out"
+    data.write_text(output)
+    script = bin_dir / name
+    script.write_text(
+        "#!/bin/sh\n"
+        + (f"/bin/sleep {sleep}\n" if sleep else "")
+        + f"/bin/cat '{data}'\n"
+        + (f"echo '{stderr}' >&2\n" if stderr else "")
+        + f"exit {exit_code}\n"
+    )
+    script.chmod(0o755)
+
+
+@pytest.fixture
+def bin_dir(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "bin"
+    path.mkdir()
+    monkeypatch.setenv("PATH", str(path))
+    return path
+
+
+def iptables(bin_dir: Path, backend="auto", family="ipv4", timeout=5.0) -> IptablesSource:
+    return IptablesSource(family, backend, timeout, path=str(bin_dir))
+
+
+# -- backend choice ----------------------------------------------------------------------------
+
+
+def test_auto_takes_the_backend_holding_dockers_chains(bin_dir):
+    tool(bin_dir, "iptables-nft-save", NFT_DUMP)
+    tool(bin_dir, "iptables-legacy-save", "")
+    files = iptables(bin_dir).fetch()
+    assert files == {"iptables-save.txt": NFT_DUMP, "firewall-backend.txt": "nft\n"}
+
+
+def test_auto_finds_legacy_and_skips_an_nft_dump_with_only_a_warning(bin_dir):
+    tool(bin_dir, "iptables-nft-save", NFT_WARNING_ONLY)
+    tool(bin_dir, "iptables-legacy-save", LEGACY_DUMP)
+    files = iptables(bin_dir).fetch()
+    assert files == {"iptables-save.txt": LEGACY_DUMP, "firewall-backend.txt": "legacy\n"}
+
+
+def test_auto_keeps_the_other_backend_when_it_holds_rules(bin_dir):
+    tool(bin_dir, "iptables-nft-save", NFT_DUMP)
+    tool(bin_dir, "iptables-legacy-save", LEGACY_NAT_ONLY)
+    files = iptables(bin_dir).fetch()
+    assert files["iptables-save.txt"] == NFT_DUMP
+    assert files["iptables-legacy-save.txt"] == LEGACY_NAT_ONLY
+
+
+def test_other_backend_with_a_drop_policy_is_kept(bin_dir):
+    drop = EMPTY_FILTER.replace(":FORWARD ACCEPT", ":FORWARD DROP")
+    tool(bin_dir, "iptables-nft-save", NFT_DUMP)
+    tool(bin_dir, "iptables-legacy-save", drop)
+    assert iptables(bin_dir).fetch()["iptables-legacy-save.txt"] == drop
+
+
+def test_both_hold_docker_chains_the_iptables_alternative_decides(bin_dir):
+    tool(bin_dir, "iptables-nft-save", NFT_DUMP)
+    tool(bin_dir, "iptables-legacy-save", LEGACY_DUMP)
+    tool(bin_dir, "xtables-legacy-multi")
+    os.symlink(bin_dir / "xtables-legacy-multi", bin_dir / "iptables")
+    files = iptables(bin_dir).fetch()
+    assert files["firewall-backend.txt"] == "legacy\n"
+    assert files["iptables-save.txt"] == LEGACY_DUMP
+    assert files["iptables-nft-save.txt"] == NFT_DUMP
+
+
+def test_forced_backend_is_primary_and_the_other_is_still_read(bin_dir):
+    tool(bin_dir, "iptables-nft-save", EMPTY_FILTER)
+    tool(bin_dir, "iptables-legacy-save", LEGACY_DUMP)
+    files = iptables(bin_dir, "nft").fetch()
+    assert files["iptables-save.txt"] == EMPTY_FILTER
+    assert files["firewall-backend.txt"] == "nft\n"
+    assert files["iptables-legacy-save.txt"] == LEGACY_DUMP
+
+
+def test_forced_backend_missing_names_the_debian_package(bin_dir):
+    tool(bin_dir, "iptables-nft-save", NFT_DUMP)
+    with pytest.raises(SourceError, match="iptables-legacy-save not found.*Debian package iptables"):
+        iptables(bin_dir, "legacy").fetch()
+
+
+def test_no_binary_at_all_names_the_debian_package(bin_dir):
+    with pytest.raises(SourceError, match="ip6tables: .*Debian package iptables"):
+        iptables(bin_dir, family="ipv6").fetch()
+
+
+def test_only_backend_empty_is_kept_not_hidden(bin_dir):
+    tool(bin_dir, "iptables-nft-save", "")
+    source = iptables(bin_dir)
+    files = source.fetch()
+    assert files == {"iptables-save.txt": "", "firewall-backend.txt": "nft\n"}
+    read = source.parse(files)
+    assert read.primary is None
+    assert len(read.rulesets) == 1 and read.rulesets[0].backend == "nft"
+    assert read.rulesets[0].rule_count == 0
+
+
+def test_plain_iptables_save_is_used_when_no_variant_exists(bin_dir):
+    script = bin_dir / "ip6tables-save"
+    script.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = --version ]; then echo "ip6tables-save v1.6.1"; exit 0; fi\n'
+        "printf '*filter\\n:INPUT ACCEPT [0:0]\\n:DOCKER-USER - [0:0]\\nCOMMIT\\n'\n"
+    )
+    script.chmod(0o755)
+    files = iptables(bin_dir, family="ipv6").fetch()
+    assert files["firewall-backend-ipv6.txt"] == "legacy\n"
+    assert ":DOCKER-USER" in files["ip6tables-save.txt"]
+
+
+def test_ipv6_file_names(bin_dir):
+    tool(bin_dir, "ip6tables-nft-save", EMPTY_FILTER)
+    tool(bin_dir, "ip6tables-legacy-save", LEGACY_NAT_ONLY)
+    source = iptables(bin_dir, family="ipv6")
+    assert source.name == "ip6tables"
+    files = source.fetch()
+    assert set(files) == {
+        "ip6tables-save.txt", "ip6tables-legacy-save.txt", "firewall-backend-ipv6.txt",
+    }
+
+
+def test_hung_tool_times_out(bin_dir):
+    tool(bin_dir, "iptables-nft-save", NFT_DUMP, sleep=10)
+    with pytest.raises(SourceError, match=r"iptables: iptables-nft-save timed out after 0.3s"):
+        iptables(bin_dir, timeout=0.3).fetch()
+
+
+def test_permission_denied_says_what_to_do(bin_dir):
+    tool(bin_dir, "iptables-nft-save", exit_code=4,
+         stderr="iptables-nft-save v1.8.9 (nf_tables): Could not fetch rule set generation id: "
+                "Permission denied (you must be root)")
+    with pytest.raises(SourceError) as caught:
+        iptables(bin_dir).fetch()
+    message = str(caught.value)
+    assert "exit 4" in message and "Permission denied" in message and "as root" in message
+    assert "\n" not in message
+
+
+# -- parse ---------------------------------------------------------------------------------------
+
+
+def test_parse_primary_from_the_captured_nft_dump():
+    read = IptablesSource("ipv4").parse(
+        {"iptables-save.txt": NFT_DUMP, "firewall-backend.txt": "nft\n"}
+    )
+    assert read.primary == "nft"
+    assert [r.backend for r in read.rulesets] == ["nft"]
+    assert read.rulesets[0].chain("filter", "DOCKER") is not None
+    assert any("iptables-legacy tables present" in w for w in read.rulesets[0].warnings)
+
+
+def test_parse_both_backends():
+    read = IptablesSource("ipv4").parse({
+        "iptables-save.txt": LEGACY_DUMP,
+        "firewall-backend.txt": "legacy\n",
+        "iptables-nft-save.txt": NFT_DUMP,
+    })
+    assert read.primary == "legacy"
+    assert [(r.family, r.backend) for r in read.rulesets] == [("ipv4", "legacy"), ("ipv4", "nft")]
+
+
+def test_parse_primary_is_where_dockers_chains_are():
+    read = IptablesSource("ipv4").parse({
+        "iptables-save.txt": EMPTY_FILTER,
+        "firewall-backend.txt": "nft\n",
+        "iptables-legacy-save.txt": LEGACY_DUMP,
+    })
+    assert read.primary == "legacy"
+
+
+def test_parse_without_the_dump_is_a_source_error():
+    with pytest.raises(SourceError, match=r"^iptables: snapshot has no iptables-save.txt$"):
+        IptablesSource("ipv4").parse({"iptables-legacy-save.txt": LEGACY_DUMP})
+
+
+def test_parse_bad_backend_file_is_a_source_error():
+    with pytest.raises(SourceError, match="firewall-backend.txt"):
+        IptablesSource("ipv4").parse({"iptables-save.txt": "", "firewall-backend.txt": "both"})
+
+
+def test_captured_empty_ip6tables_dump():
+    text = (FIXTURES / "docker20.10-nft-mixed" / "ip6tables-save.txt").read_text()
+    read = IptablesSource("ipv6").parse({"ip6tables-save.txt": text})
+    assert read.primary is None
+    assert read.rulesets[0].family == "ipv6"
+
+
+# -- libiptc -------------------------------------------------------------------------------------
+
+
+class FakeModule(SimpleNamespace):
+    def _get_saved_buf(self, ip):
+        return self.saved
+
+
+def test_render_rule_in_iptables_save_form():
+    rule = SimpleNamespace(
+        src="172.17.0.3/255.255.255.255", dst="!172.17.0.0/255.255.0.0",
+        in_interface="docker0", out_interface="!docker0", protocol="tcp", fragment=False,
+        matches=[FakeModule(name="tcp", saved=b" --dport 80 ")],
+        target=FakeModule(name="ACCEPT", saved=None, _goto=False),
+        get_ip=lambda: None,
+    )
+    assert render_rule("DOCKER", rule, "ipv4") == (
+        "-A DOCKER -s 172.17.0.3/32 ! -d 172.17.0.0/16 -i docker0 ! -o docker0 -p tcp "
+        "-m tcp --dport 80 -j ACCEPT"
+    )
+    anywhere = SimpleNamespace(
+        src="0.0.0.0/0.0.0.0", dst="0.0.0.0/0.0.0.0", in_interface=None, out_interface=None,
+        protocol="ip", fragment=False, matches=[],
+        target=FakeModule(name="DOCKER-USER", saved=None, _goto=True), get_ip=lambda: None,
+    )
+    assert render_rule("FORWARD", anywhere, "ipv4") == "-A FORWARD -g DOCKER-USER"
+
+
+def test_libiptc_without_legacy_tables_reads_nothing(tmp_path):
+    (tmp_path / "net").mkdir()
+    assert read_libiptc("ipv4", str(tmp_path)) == ""  # names file absent: module not loaded
+    (tmp_path / "net" / "ip6_tables_names").write_text("")
+    assert read_libiptc("ipv6", str(tmp_path)) == ""
+
+
+# -- ebtables, ipset, nftables -------------------------------------------------------------------
+
+EBTABLES = "*filter\n:INPUT ACCEPT\n:FORWARD ACCEPT\n:OUTPUT ACCEPT\n-A FORWARD -p IPv4 -j DROP\n"
+
+
+def test_ebtables_nft_and_legacy(bin_dir, tmp_path):
+    tool(bin_dir, "ebtables-nft-save", EBTABLES)
+    tool(bin_dir, "ebtables-legacy-save", EBTABLES)
+    sysfs = tmp_path / "sys"
+    (sysfs / "module").mkdir(parents=True)
+    source = EbtablesSource(1.0, path=str(bin_dir), sysfs=str(sysfs))
+    files = source.fetch()
+    assert files == {"ebtables-save.txt": EBTABLES}  # legacy module not loaded
+    ruleset = source.parse(files)
+    assert (ruleset.family, ruleset.backend, ruleset.rule_count) == ("bridge", "nft", 1)
+    (sysfs / "module" / "ebtables").mkdir()
+    files = source.fetch()
+    assert files == {"ebtables-save.txt": EBTABLES, "ebtables-legacy-save.txt": EBTABLES}
+    with pytest.raises(SourceError, match="both ebtables-nft and ebtables-legacy hold rules"):
+        source.parse(files)
+
+
+def test_ebtables_the_backend_holding_rules_decides():
+    source = EbtablesSource(1.0)
+    only_legacy = source.parse({"ebtables-save.txt": "", "ebtables-legacy-save.txt": EBTABLES})
+    assert (only_legacy.backend, only_legacy.rule_count) == ("legacy", 1)
+    only_nft = source.parse({"ebtables-save.txt": EBTABLES, "ebtables-legacy-save.txt": ""})
+    assert (only_nft.backend, only_nft.rule_count) == ("nft", 1)
+
+
+def test_ebtables_missing_names_the_debian_package(bin_dir):
+    with pytest.raises(SourceError, match="Debian package ebtables"):
+        EbtablesSource(1.0, path=str(bin_dir)).fetch()
+    with pytest.raises(SourceError, match="snapshot has no ebtables-save.txt"):
+        EbtablesSource(1.0).parse({})
+
+
+IPSET = "create allowed hash:net family inet hashsize 1024 maxelem 65536\nadd allowed 10.0.0.0/8\n"
+
+
+def test_ipset(bin_dir, tmp_path):
+    tool(bin_dir, "ipset", IPSET)
+    source = IpsetSource(1.0, path=str(bin_dir), sysfs=str(tmp_path))
+    # No ip_set module: ipset is not run at all (running it would load the module).
+    assert source.fetch() == {"ipset-save.txt": ""}
+    (tmp_path / "module" / "ip_set").mkdir(parents=True)
+    files = source.fetch()
+    assert files == {"ipset-save.txt": IPSET}
+    sets = source.parse(files)
+    assert sets["allowed"].members == ("10.0.0.0/8",)
+
+
+def test_ipset_missing_without_module_is_empty_with_module_an_error(bin_dir, tmp_path):
+    source = IpsetSource(1.0, path=str(bin_dir), sysfs=str(tmp_path))
+    assert source.fetch() == {"ipset-save.txt": ""}
+    assert source.parse({"ipset-save.txt": ""}) == {}
+    (tmp_path / "module" / "ip_set").mkdir(parents=True)
+    with pytest.raises(SourceError, match="Debian package ipset"):
+        source.fetch()
+
+
+def test_garbled_ipset_is_a_source_error():
+    with pytest.raises(SourceError, match="ipset: ipset-save.txt: .*line 1"):
+        IpsetSource(1.0).parse({"ipset-save.txt": "flush everything\n"})
+
+
+def test_nftables(bin_dir, tmp_path):
+    document = (
+        '{"nftables": [{"table": {"family": "inet", "name": "firewalld", "handle": 1}},'
+        ' {"chain": {"family": "inet", "table": "firewalld", "name": "filter_FORWARD",'
+        ' "handle": 2, "type": "filter", "hook": "forward", "prio": 10, "policy": "accept"}}]}'
+    )
+    tool(bin_dir, "nft", document)
+    source = NftablesSource(1.0, path=str(bin_dir), sysfs=str(tmp_path))
+    files = source.fetch()
+    assert files == {"nft-ruleset.json": document}
+    info = source.parse(files)
+    assert len(info.foreign_chains) == 1 and "filter_FORWARD" in info.foreign_chains[0]
+
+
+def test_nft_missing_without_module_is_empty_with_module_an_error(bin_dir, tmp_path):
+    source = NftablesSource(1.0, path=str(bin_dir), sysfs=str(tmp_path))
+    files = source.fetch()
+    assert files == {"nft-ruleset.json": NFT_EMPTY}
+    assert source.parse(files) == NftablesInfo()
+    (tmp_path / "module" / "nf_tables").mkdir(parents=True)
+    with pytest.raises(SourceError, match="Debian package nftables"):
+        source.fetch()
+
+
+def test_garbled_nft_json_is_a_source_error():
+    with pytest.raises(SourceError, match="nftables: nft-ruleset.json"):
+        NftablesSource(1.0).parse({"nft-ruleset.json": "table ip filter {"})

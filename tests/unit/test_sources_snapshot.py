@@ -1,0 +1,85 @@
+"""Snapshots: files written and read back byte for byte; live and offline parse agree."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from exporter import __version__
+from exporter.sources import build_sources
+from exporter.sources.base import SourceError
+from exporter.sources.docker import DockerSource
+from exporter.sources.snapshot import read_snapshot, write_snapshot
+
+
+def test_round_trip_is_exact(tmp_path):
+    files = {
+        "iptables-save.txt": "*filter\r\n-A X -m comment --comment \udcff\n",  # a non-UTF-8 byte
+        "ip6tables-save.txt": "",
+        "sysctl.txt": "bridge-nf-call-iptables=absent\n",
+    }
+    directory = tmp_path / "snap" / "one"
+    write_snapshot(directory, files, {"sources": {"docker": "error: down"}})
+    assert (directory / "iptables-save.txt").read_bytes() == b"*filter\r\n-A X -m comment --comment \xff\n"
+    read = read_snapshot(directory)
+    meta = json.loads(read.pop("meta.json"))
+    assert read == files
+    assert meta["exporter_version"] == __version__
+    assert meta["hostname"] and meta["time"].endswith("Z")
+    assert meta["sources"] == {"docker": "error: down"}
+    assert meta["files"] == sorted(files)
+
+
+def test_refuses_a_non_empty_directory(tmp_path):
+    (tmp_path / "old.txt").write_text("x")
+    with pytest.raises(SourceError, match="is not empty"):
+        write_snapshot(tmp_path, {"a.txt": "b"}, {})
+    assert (tmp_path / "old.txt").read_text() == "x"
+
+
+def test_an_existing_empty_directory_is_fine(tmp_path):
+    write_snapshot(tmp_path, {"a.txt": "b"}, {})
+    assert read_snapshot(tmp_path)["a.txt"] == "b"
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "", "meta.json"])
+def test_refuses_odd_file_names(tmp_path, name):
+    with pytest.raises(SourceError):
+        write_snapshot(tmp_path / "s", {name: "x"}, {})
+
+
+def test_missing_directory_is_a_source_error(tmp_path):
+    with pytest.raises(SourceError, match="is not a directory"):
+        read_snapshot(tmp_path / "nope")
+
+
+def test_only_regular_files_are_read(tmp_path):
+    write_snapshot(tmp_path, {"a.txt": "b"}, {})
+    (tmp_path / "sub").mkdir()
+    assert set(read_snapshot(tmp_path)) == {"a.txt", "meta.json"}
+
+
+def test_offline_parse_equals_live_parse(tmp_path):
+    from tests.unit.test_sources_docker import FakeClient
+
+    source = DockerSource(None, 1.0, client=FakeClient())
+    live = source.fetch()
+    write_snapshot(tmp_path / "s", live, {})
+    assert source.parse(read_snapshot(tmp_path / "s")) == source.parse(live)
+
+
+def test_build_sources_order_and_settings():
+    sources = build_sources(docker_host="unix:///run/d.sock", docker_timeout=3.0,
+                            iptables_backend="legacy", timeout=2.0, procfs="/p",
+                            daemon_config="/etc/d.json")
+    assert [s.name for s in sources] == [
+        "docker", "settings", "iptables", "ip6tables", "ebtables", "ipset", "nftables",
+    ]
+    docker, settings, v4, v6 = sources[:4]
+    assert (docker.base_url, docker.timeout) == ("unix:///run/d.sock", 3.0)
+    assert (settings.procfs, settings.daemon_config, settings.docker_host) == (
+        "/p", "/etc/d.json", "unix:///run/d.sock",
+    )
+    assert (v4.family, v4.backend, v4.timeout) == ("ipv4", "legacy", 2.0)
+    assert v6.family == "ipv6"
