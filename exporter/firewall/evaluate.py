@@ -218,6 +218,7 @@ class _Path:
         self.possible: set[str] = set()
         self.reasons: dict[str, str] = {}
         self.allow_reason = "no rule stopped it"
+        self.filter_accept = False
 
     def maybe(self, reason: str) -> None:
         self.possible.add("MAYBE")
@@ -227,12 +228,15 @@ class _Path:
         """Record one stage; False when no branch goes on past it."""
         kinds = {o.kind for o in outcomes}
         for outcome in outcomes:
-            self.reasons.setdefault(outcome.kind, outcome.reason)
+            if outcome.kind != "ACCEPT":
+                self.reasons.setdefault(outcome.kind, outcome.reason)
         self.possible |= kinds & {"DROP", "UNKNOWN"}
         if len(kinds) > 1 and undecided:
             self.reasons.setdefault("MAYBE", "cannot decide " + undecided[0])
-        if "ACCEPT" in kinds and table == "filter":
-            self.allow_reason = self.reasons["ACCEPT"] if len(kinds) == 1 else self.allow_reason
+        if kinds == {"ACCEPT"} and table == "filter" and not self.filter_accept:
+            # The first filter ACCEPT is what an operator looks for: the rule that lets it through.
+            self.filter_accept = True
+            self.allow_reason = outcomes[0].reason
         return "ACCEPT" in kinds
 
     def conclude(self, alive: bool) -> Decision:
