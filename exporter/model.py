@@ -88,7 +88,7 @@ class DockerState:
 
 @dataclass(frozen=True)
 class Setting(Generic[T]):
-    """A value and where it came from ("cmdline", "daemon.json", "inferred", "sysctl", "default")."""
+    """A value and where it came from: "cmdline", "daemon.json", "inferred", "default"."""
 
     value: T
     source: str

@@ -77,7 +77,15 @@ class Finding:
     @property
     def identity(self) -> tuple[object, ...]:
         """What makes two findings the same one across checks (for drift_events_total)."""
-        return (self.kind, self.network, self.containers, self.protocol, self.port, self.family, self.rule)
+        return (
+            self.kind,
+            self.network,
+            self.containers,
+            self.protocol,
+            self.port,
+            self.family,
+            self.rule,
+        )
 
 
 @dataclass(frozen=True)

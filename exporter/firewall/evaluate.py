@@ -15,7 +15,7 @@ the packet after them is not the one asked about.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from exporter.firewall.matches import BRIDGE_MATCHERS, MATCHERS, MatchContext, Packet, Tri
 from exporter.firewall.rules import Chain, Rule, Ruleset
@@ -55,7 +55,7 @@ MAX_DEPTH = 64
 MAX_STEPS = 20_000
 
 
-class Verdict(str, Enum):
+class Verdict(StrEnum):
     ALLOW = "allow"
     DENY = "deny"
     UNKNOWN = "unknown"
