@@ -38,9 +38,10 @@ NEUTRAL_MATCHES = {"", "tcp", "udp", "sctp", "multiport", "comment", "conntrack"
 MAX_NAMED = 10
 
 
-def _iptables_command(ruleset: Ruleset, primary: str | None) -> str:
-    family = "ip6tables" if ruleset.family == "ipv6" else "iptables"
-    return family if ruleset.backend == primary else f"{family}-{ruleset.backend}"
+def iptables_command(backend: str | None, family: str = "ipv4") -> str:
+    """The binary that edits this backend: plain `iptables` may point at the other one."""
+    tool = "ip6tables" if family == "ipv6" else "iptables"
+    return f"{tool}-{backend}" if backend else tool
 
 
 def _reachable_chains(ruleset: Ruleset, table: str, start: str) -> list[str]:
@@ -175,12 +176,14 @@ def rule_findings(
                         f"(alias {link.alias}) {link.port}: Docker's rule is missing",
                         containers=(link.parent.container.name, link.child.container.name),
                         protocol=link.port.protocol, port=link.port.port,
-                        rule=f"-A DOCKER {expected.spec}", restore=expected.restore,
+                        rule=f"-A DOCKER {expected.spec}",
+                        restore=f"{iptables_command(firewall.primary_backend)} -I DOCKER "
+                        f"{expected.spec}",
                     ))  # fmt: skip
             intra = _IntraBridge(expectation, ctx)
             addresses = {str(m.address) for m in members}
             for ruleset in rulesets:
-                command = _iptables_command(ruleset, firewall.primary_backend)
+                command = iptables_command(ruleset.backend)
                 for rule in _forward_rules(ruleset):
                     if rule.target != "ACCEPT" or _identity(rule) in expected_ids:
                         continue
@@ -266,7 +269,7 @@ def _icc_drop_findings(
             f"no DROP for traffic between containers on {bridge} (icc is disabled) and the "
             "FORWARD policy is not DROP",
             rule=f"-A {chain} -i {bridge} -o {bridge} -j DROP",
-            restore=f"iptables -A {chain} -i {bridge} -o {bridge} -j DROP",
+            restore=f"{iptables_command(primary)} -A {chain} -i {bridge} -o {bridge} -j DROP",
         )
     ]
 
@@ -284,7 +287,7 @@ def duplicate_findings(firewall: FirewallState, bridges: dict[str, str]) -> list
                     network = next((n for b, n in bridges.items() if f" {b} " in f" {spec} "), "")
                     if not network and not chain.name.startswith("DOCKER"):
                         continue
-                    command = _iptables_command(ruleset, firewall.primary_backend)
+                    command = iptables_command(ruleset.backend, ruleset.family)
                     findings.append(Finding(
                         DUPLICATE_RULE, network,
                         f"rule appears {count} times in {ruleset.backend} {table.name} "

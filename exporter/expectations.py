@@ -15,8 +15,6 @@ from ipaddress import ip_network
 from exporter.model import Container, DockerState, ExposedPort, IPAddress, Network
 from exporter.report import ICC_POSTURE, IPTABLES_POSTURE, Finding
 
-LINK_CHAIN = "DOCKER"
-
 
 @dataclass(frozen=True)
 class Member:
@@ -40,10 +38,6 @@ class ExpectedRule:
 
     link: LinkFlow
     spec: str
-
-    @property
-    def restore(self) -> str:
-        return f"iptables -I {LINK_CHAIN} {self.spec}"
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,7 @@ def test_deleted_link_rule_is_missing_and_blocks_the_link(text):
     missing = [f for f in report.findings if f.kind == "missing_accept_rule"]
     assert len(missing) == 1
     assert missing[0].containers == ("client", "web") and missing[0].port == 80
-    assert missing[0].restore == "iptables -I DOCKER " + LINK_DPORT.removeprefix("-A DOCKER ")
+    assert missing[0].restore == "iptables-nft -I DOCKER " + LINK_DPORT.removeprefix("-A DOCKER ")
     assert verdicts(report)[("bridge", "client", "web", 80)] == "deny"
     assert "blocked_link_flow" in kinds(report)
 
@@ -158,7 +158,7 @@ def test_accept_between_two_unlinked_containers():
     assert got[("bridge", "web", "loner", None)] == "deny"  # one way only
     unexpected = [f for f in report.findings if f.kind == "unexpected_accept_rule"]
     assert [f.containers for f in unexpected] == [("loner", "web")]
-    assert unexpected[0].restore == f"iptables -D DOCKER {rule}"
+    assert unexpected[0].restore == f"iptables-nft -D DOCKER {rule}"
 
 
 def test_icc_drop_replaced_by_accept():
