@@ -247,11 +247,14 @@ def _stale_hosts(rule: Rule, network, addresses: set[str]) -> list[str]:
 def _icc_drop_findings(
     expectation: NetworkExpectation, rulesets: list[Ruleset], primary: str | None
 ) -> list[Finding]:
+    """Docker writes an explicit DROP for an icc-disabled bridge (every version since 1.x). Its
+    absence is drift even while a FORWARD DROP policy still stops the traffic: the next
+    `iptables -P FORWARD ACCEPT` (a reload, another tool) would open every pair."""
     bridge = expectation.network.bridge
+    policy_drops = False
     for ruleset in rulesets:
         forward = ruleset.chain("filter", "FORWARD")
-        if forward is not None and forward.policy == "DROP":
-            return []
+        policy_drops = policy_drops or (forward is not None and forward.policy == "DROP")
         for rule in _forward_rules(ruleset):
             builtin = {(o.name, o.args, o.negated) for o in rule.options("")}
             if rule.target == "DROP" and builtin == {
@@ -262,12 +265,17 @@ def _icc_drop_findings(
     if not rulesets:
         return []
     chain = "DOCKER-FORWARD" if rulesets[0].chain("filter", "DOCKER-FORWARD") else "FORWARD"
+    still = (
+        "the FORWARD DROP policy still stops it"
+        if policy_drops
+        else "and the FORWARD policy is not DROP"
+    )
     return [
         Finding(
             ICC_DROP_MISSING,
             expectation.network.name,
-            f"no DROP for traffic between containers on {bridge} (icc is disabled) and the "
-            "FORWARD policy is not DROP",
+            f"Docker's DROP for traffic between containers on {bridge} (icc disabled) is missing; "
+            f"{still}",
             rule=f"-A {chain} -i {bridge} -o {bridge} -j DROP",
             restore=f"{iptables_command(primary)} -A {chain} -i {bridge} -o {bridge} -j DROP",
         )

@@ -7,7 +7,6 @@ import time
 from dataclasses import replace
 
 import pytest
-from exporter.sources.firewall import IptablesRead
 
 from exporter.check import build_report
 from exporter.config import CheckConfig
@@ -15,6 +14,7 @@ from exporter.firewall.parse import parse_ebtables_save, parse_iptables_save
 from exporter.firewall.rules import IPSet
 from exporter.firewall.state import NftablesInfo
 from exporter.report import Report, SourceStatus
+from exporter.sources.firewall import IptablesRead
 from tests.unit import layouts as L
 
 EMPTY_EBTABLES = "*filter\n:INPUT ACCEPT\n:FORWARD ACCEPT\n:OUTPUT ACCEPT\n"
@@ -171,14 +171,15 @@ def test_icc_drop_replaced_by_accept():
     assert {"icc_drop_missing", "unexpected_accept_rule", "isolation_breach"} <= kinds(report)
 
 
-def test_forward_policy_drop_stands_in_for_the_icc_drop():
+def test_forward_policy_drop_still_isolates_but_the_missing_icc_drop_is_reported():
     text = L.delete_rule(D27, "-A FORWARD -i docker0 -o docker0 -j DROP").replace(
         ":FORWARD ACCEPT", ":FORWARD DROP"
     )
     report = decide(STATE, text, config=ALL)
-    assert "icc_drop_missing" not in kinds(report)
-    assert not report.drift
+    assert kinds(report) == {"icc_drop_missing"}
+    assert "policy still stops it" in report.findings[0].detail
     assert report.forward_policy == "DROP"
+    assert verdicts(report)[("bridge", "loner", "web", 80)] == "deny"
 
 
 def test_bridge_nf_call_iptables_off_lets_everything_through():

@@ -1,0 +1,30 @@
+# Entry points for humans and CI. `make test` is what .ci/run runs on a fresh machine.
+PYTHON ?= python3
+
+.PHONY: test test-unit lint
+
+# Installs system packages and the project first: the integration tests need real dockerd,
+# iptables (nft and legacy) and busybox-static. pytest exit 5 (no tests) fails the target.
+test:
+	scripts/install-deps.sh
+	$(PYTHON) -m pytest
+
+test-unit:
+	$(PYTHON) -m pytest tests/unit
+
+lint:
+	$(PYTHON) -m ruff check .
+
+# The demo: a sandboxed Docker daemon with a small linked app, the exporter, Prometheus with the
+# alert rules and Alertmanager (as root; installs what it needs). See docs/demo.md.
+.PHONY: demo demo-drift demo-restore demo-stop demo-status
+demo:
+	$(PYTHON) scripts/demo.py up
+demo-drift:
+	$(PYTHON) scripts/demo.py drift
+demo-restore:
+	$(PYTHON) scripts/demo.py restore
+demo-stop:
+	$(PYTHON) scripts/demo.py down
+demo-status:
+	$(PYTHON) scripts/demo.py status
