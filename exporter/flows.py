@@ -316,46 +316,6 @@ class NetworkFlows:
                     else:
                         counts[key] += self._count_generic(source_group, target_group, special)
         return listed, counts
-        signatures, special = self._classify()
-        by_id = {m.container.id: m for m in self.members}
-
-        for source_id, target_id in sorted(special):
-            source, target = by_id[source_id], by_id[target_id]
-            for probe in self.probes(target):
-                flow = self._flow(source, target, probe, self.decide(source, target, probe))
-                counts[(flow.expected, flow.actual)] += 1
-                if self.list_all or flow.link or flow.expected != flow.actual:
-                    listed.append(flow)
-
-        sources: dict[tuple, list[Member]] = defaultdict(list)
-        targets: dict[tuple, list[Member]] = defaultdict(list)
-        for member in self.members:
-            signature = signatures[member.container.id]
-            sources[signature].append(member)
-            targets[(signature, self.probes(member))].append(member)
-        for source_group in sources.values():
-            for (_, probes), target_group in targets.items():
-                pairs = self._generic_pairs(source_group, target_group, special)
-                representative = next(pairs, None)
-                if representative is None:
-                    continue
-                source, target = representative
-                for probe in probes:
-                    decision = self.decide(source, target, probe)
-                    flow = self._flow(source, target, probe, decision)
-                    if self.list_all or flow.expected != flow.actual:
-                        for s, t in (
-                            [representative, *pairs]
-                            if probe is probes[0]
-                            else (self._generic_pairs(source_group, target_group, special))
-                        ):
-                            listed.append(self._flow(s, t, probe, decision))
-                            counts[(flow.expected, flow.actual)] += 1
-                    else:
-                        counts[(flow.expected, flow.actual)] += self._count_generic(
-                            source_group, target_group, special
-                        )
-        return listed, counts
 
     @staticmethod
     def _generic_pairs(
