@@ -154,9 +154,7 @@ class IptablesSource:
         return None
 
     def _missing(self, what: str) -> SourceError:
-        return SourceError(
-            f"{self.name}: {what} not found; install the Debian package iptables"
-        )
+        return SourceError(f"{self.name}: {what} not found; install the Debian package iptables")
 
     def fetch(self) -> dict[str, str]:
         outputs: dict[Backend, str] = {}
@@ -271,8 +269,9 @@ def read_libiptc(family: str, procfs: str = "/proc", timeout: float = 5.0) -> st
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
-        raise SourceError(f"{source}: reading the legacy tables with libiptc timed out after "
-                          f"{timeout:g}s")
+        raise SourceError(
+            f"{source}: reading the legacy tables with libiptc timed out after {timeout:g}s"
+        )
     if "error" in result:
         error = result["error"]
         hint = "; run the exporter as root" if "ermission" in str(error) else ""
@@ -353,16 +352,21 @@ def _address(value: str | None, family: str) -> tuple[str, str] | None:
 # -- ebtables -------------------------------------------------------------------------------------
 
 
-class EbtablesSource:
-    """The bridge family (ebtables, either backend)."""
+class _ToolSource:
+    """A source that runs one read-only tool; `path` and `sysfs` let tests point at fakes."""
 
-    name = "ebtables"
-
-    def __init__(self, timeout: float = 5.0, *, path: str | None = None,
-                 sysfs: str = "/sys") -> None:
+    def __init__(
+        self, timeout: float = 5.0, *, path: str | None = None, sysfs: str = "/sys"
+    ) -> None:
         self.timeout = timeout
         self.path = path
         self.sysfs = sysfs
+
+
+class EbtablesSource(_ToolSource):
+    """The bridge family (ebtables, either backend)."""
+
+    name = "ebtables"
 
     def fetch(self) -> dict[str, str]:
         binary = find_binary("ebtables-nft-save", self.path) or find_binary(
@@ -405,14 +409,8 @@ class EbtablesSource:
 # -- ipset ----------------------------------------------------------------------------------------
 
 
-class IpsetSource:
+class IpsetSource(_ToolSource):
     name = "ipset"
-
-    def __init__(self, timeout: float = 5.0, *, path: str | None = None,
-                 sysfs: str = "/sys") -> None:
-        self.timeout = timeout
-        self.path = path
-        self.sysfs = sysfs
 
     def fetch(self) -> dict[str, str]:
         # Without the ip_set module (it has parameters, so it shows in /sys/module even when built
@@ -434,14 +432,8 @@ class IpsetSource:
 # -- nftables -------------------------------------------------------------------------------------
 
 
-class NftablesSource:
+class NftablesSource(_ToolSource):
     name = "nftables"
-
-    def __init__(self, timeout: float = 5.0, *, path: str | None = None,
-                 sysfs: str = "/sys") -> None:
-        self.timeout = timeout
-        self.path = path
-        self.sysfs = sysfs
 
     def fetch(self) -> dict[str, str]:
         binary = find_binary("nft", self.path)
