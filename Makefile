@@ -14,6 +14,7 @@ test-unit:
 
 lint:
 	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
 
 # The demo: a sandboxed Docker daemon with a small linked app, the exporter, Prometheus with the
 # alert rules and Alertmanager (as root; installs what it needs). See docs/demo.md.

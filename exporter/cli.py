@@ -296,7 +296,7 @@ def exit_code(report: Report) -> int:
         return EXIT_ERROR
     if report.drift:
         return EXIT_DRIFT
-    if not report.up or any(c.actual == "unknown" and c.count for c in report.flow_counts):
+    if not report.up or report.unknown_flows:
         return EXIT_ERROR  # no drift found, but a failed source or an unknown verdict could hide it
     return EXIT_OK
 
@@ -356,31 +356,23 @@ def format_text(report: Report) -> str:
             f"actual {flow.actual}{reason}"
         )
 
-    per_network: dict[str, dict[tuple[str, str], int]] = {}
-    for net in report.networks:
-        per_network.setdefault(net.name, {})
-    for fc in report.flow_counts:
-        table = per_network.setdefault(fc.network, {})
-        table[(fc.expected, fc.actual)] = table.get((fc.expected, fc.actual), 0) + fc.count
     statuses = {net.name: net for net in report.networks}
-    unknown_total = 0
-    for name, table in per_network.items():
-        status = statuses.get(name)
+    for totals in report.network_totals():
+        status = statuses.get(totals.network)
         head = (
-            f"network {name} ({status.bridge}, icc {'on' if status.icc else 'off'}, "
+            f"network {totals.network} ({status.bridge}, icc {'on' if status.icc else 'off'}, "
             f"{status.containers} containers)"
             if status
-            else f"network {name}"
+            else f"network {totals.network}"
         )
-        unknown = sum(v for (_, actual), v in table.items() if actual == "unknown")
-        unknown_total += unknown
         lines.append(
-            f"{head}: {sum(table.values())} flows, "
-            f"{table.get(('allow', 'allow'), 0)} allowed as expected, "
-            f"{table.get(('deny', 'deny'), 0)} denied as expected, "
-            f"{table.get(('deny', 'allow'), 0)} isolation breaches, "
-            f"{table.get(('allow', 'deny'), 0)} blocked, {unknown} unknown"
+            f"{head}: {totals.flows} flows, "
+            f"{totals.allowed_as_expected} allowed as expected, "
+            f"{totals.denied_as_expected} denied as expected, "
+            f"{totals.breaches} isolation breaches, "
+            f"{totals.blocked} blocked, {totals.unknown} unknown"
         )
+    unknown_total = report.unknown_flows
     if unknown_total:
         lines.append(
             f"note: {unknown_total} flows have no verdict (unknown); drift among them cannot be "

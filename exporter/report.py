@@ -119,6 +119,21 @@ class FlowCount:
 
 
 @dataclass(frozen=True)
+class NetworkFlowTotals:
+    """One network's evaluated flows, summed over families: what text, JSON and /metrics show."""
+
+    network: str
+    flows: int = 0
+    allowed_as_expected: int = 0
+    denied_as_expected: int = 0
+    # expected deny, actual allow
+    breaches: int = 0
+    # expected allow, actual deny
+    blocked: int = 0
+    unknown: int = 0
+
+
+@dataclass(frozen=True)
 class NetworkStatus:
     name: str
     bridge: str
@@ -157,3 +172,39 @@ class Report:
     @property
     def drift(self) -> bool:
         return any(f.kind in DRIFT_KINDS for f in self.findings)
+
+    @property
+    def unknown_flows(self) -> int:
+        return sum(c.count for c in self.flow_counts if c.actual == "unknown")
+
+    def network_totals(self) -> tuple[NetworkFlowTotals, ...]:
+        """Per network (every network of the report, then any only the counts name), in order."""
+        names = dict.fromkeys(
+            [n.name for n in self.networks] + [c.network for c in self.flow_counts]
+        )
+        sums = {
+            name: dict.fromkeys(("allow", "deny", "breach", "blocked", "unknown"), 0)
+            for name in names
+        }
+        for c in self.flow_counts:
+            bucket = sums[c.network]
+            if c.actual == "unknown":
+                bucket["unknown"] += c.count
+            elif c.expected == c.actual:
+                bucket[c.actual] += c.count
+            elif c.expected == "deny":
+                bucket["breach"] += c.count
+            else:
+                bucket["blocked"] += c.count
+        return tuple(
+            NetworkFlowTotals(
+                network=name,
+                flows=sum(b.values()),
+                allowed_as_expected=b["allow"],
+                denied_as_expected=b["deny"],
+                breaches=b["breach"],
+                blocked=b["blocked"],
+                unknown=b["unknown"],
+            )
+            for name, b in sums.items()
+        )

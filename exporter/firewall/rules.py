@@ -50,7 +50,7 @@ class Rule:
     def spec(self) -> str:
         """The rule without `-A CHAIN`, as `iptables -D CHAIN <spec>` takes it."""
         head = f"-A {self.chain} "
-        return self.text[len(head):] if self.text.startswith(head) else self.text
+        return self.text[len(head) :] if self.text.startswith(head) else self.text
 
     def options(self, module: str | None = None) -> tuple[Option, ...]:
         """Every option of the rule's matches (of one module when given)."""

@@ -127,8 +127,9 @@ class DockerSource:
             if reply is None:
                 self._inspect_calls += 1
                 try:
-                    reply = self._call(f"GET /containers/{cid[:12]}/json",
-                                       client.inspect_container, cid)
+                    reply = self._call(
+                        f"GET /containers/{cid[:12]}/json", client.inspect_container, cid
+                    )
                 except Exception as error:  # noqa: BLE001
                     if _is_not_found(error):
                         continue  # removed between the list and the inspect: not running
@@ -221,8 +222,10 @@ def _container(
     cid = entry["Id"]
     config = reply.get("Config") or {}
     exposed = tuple(
-        sorted((_exposed(key) for key in (config.get("ExposedPorts") or {})),
-               key=lambda p: (p.protocol, p.port))
+        sorted(
+            (_exposed(key) for key in (config.get("ExposedPorts") or {})),
+            key=lambda p: (p.protocol, p.port),
+        )
     )
     endpoints: list[Endpoint] = []
     attached = ((entry.get("NetworkSettings") or {}).get("Networks")) or {}
@@ -271,7 +274,7 @@ def _address(text: str | None, kind: type) -> Any:
 
 
 def _link(text: str) -> tuple[str, str]:
-    """"/web:/client/db" -> child name "web", alias "db" (the parent is the inspected container)."""
+    """'/web:/client/db' -> child "web", alias "db" (the parent is the inspected container)."""
     child, sep, path = text.partition(":")
     if not sep or not child.strip("/") or "/" not in path.strip("/"):
         raise SourceError(f"docker: cannot read link {text!r}")
@@ -363,14 +366,20 @@ def describe_error(host: str, what: str, error: BaseException, timeout: float) -
         return f"docker: {what} on {host} timed out after {timeout:g}s; is dockerd hung?"
     for item in chain:
         if isinstance(item, PermissionError):
-            return (f"docker: cannot reach {host}: permission denied; run the exporter as root "
-                    "or in the docker group")
+            return (
+                f"docker: cannot reach {host}: permission denied; run the exporter as root "
+                "or in the docker group"
+            )
         if isinstance(item, FileNotFoundError):
-            return (f"docker: cannot reach {host}: no such socket; is dockerd running? "
-                    "set --docker.host")
+            return (
+                f"docker: cannot reach {host}: no such socket; is dockerd running? "
+                "set --docker.host"
+            )
         if isinstance(item, ConnectionRefusedError):
-            return (f"docker: cannot reach {host}: connection refused; is dockerd running? "
-                    "set --docker.host")
+            return (
+                f"docker: cannot reach {host}: connection refused; is dockerd running? "
+                "set --docker.host"
+            )
     status = getattr(error, "status_code", None)
     if status is not None:
         explanation = getattr(error, "explanation", None) or error

@@ -276,7 +276,7 @@ def _hosts(argv: Sequence[str]) -> set[str]:
             if arg == flag and i + 1 < len(argv):
                 hosts.append(argv[i + 1])
             elif arg.startswith(flag + "="):
-                hosts.append(arg[len(flag) + 1:])
+                hosts.append(arg[len(flag) + 1 :])
             elif flag == "-H" and arg.startswith("-H") and len(arg) > 2 and arg[2] != "=":
                 hosts.append(arg[2:])
     return {_socket(h) for h in hosts} if hosts else {_socket("")}
@@ -288,9 +288,9 @@ def _socket(host: str) -> str:
     if not host or host.startswith("fd://"):
         host = "unix://" + DEFAULT_SOCKET
     if host.startswith("unix://"):
-        path = os.path.normpath(host[len("unix://"):])
+        path = os.path.normpath(host[len("unix://") :])
         if path.startswith("/var/run/"):
-            path = path[len("/var"):]
+            path = path[len("/var") :]
         return "unix://" + path
     return host.rstrip("/")
 
@@ -319,4 +319,3 @@ def _read_text(path: str) -> str | None:
             return handle.read()
     except OSError:
         return None
-

@@ -67,8 +67,9 @@ def write_snapshot(directory: Path, files: Mapping[str, str], meta: Mapping[str,
                 "(a snapshot never overwrites another)"
             )
         for name, text in files.items():
-            with open(directory / name, "w", encoding="utf-8", errors="surrogateescape",
-                      newline="") as handle:
+            with open(
+                directory / name, "w", encoding="utf-8", errors="surrogateescape", newline=""
+            ) as handle:
                 handle.write(text)
         document = {
             "exporter_version": __version__,
@@ -95,8 +96,9 @@ def read_snapshot(directory: Path) -> dict[str, str]:
     try:
         for entry in sorted(os.scandir(directory), key=lambda e: e.name):
             if entry.is_file(follow_symlinks=False):
-                with open(entry.path, encoding="utf-8", errors="surrogateescape",
-                          newline="") as handle:
+                with open(
+                    entry.path, encoding="utf-8", errors="surrogateescape", newline=""
+                ) as handle:
                     files[entry.name] = handle.read()
     except OSError as error:
         raise SourceError(f"snapshot: cannot read {directory}: {error.strerror or error}") from None

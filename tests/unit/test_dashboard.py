@@ -94,8 +94,11 @@ def test_required_panels_present(dashboard):
         "docker_netpolicy_check_errors_total",
     ):
         assert metric in exprs, metric
-    flows = [p for p in panels(dashboard)
-             if any("docker_netpolicy_link_flow_allowed" in t["expr"] for t in p["targets"])]
+    flows = [
+        p
+        for p in panels(dashboard)
+        if any("docker_netpolicy_link_flow_allowed" in t["expr"] for t in p["targets"])
+    ]
     assert flows and flows[0]["type"] == "table"
     assert all(t.get("instant") and t.get("format") == "table" for t in flows[0]["targets"])
 
@@ -110,12 +113,15 @@ def test_dashboard_queries_parse_as_promql(tmp_path):
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.fail("promtool not found: install the prometheus package (scripts/install-deps.sh)")
-    rules = [{"record": f"dashboard:query_{i}", "expr": q}
-             for i, q in enumerate(dashboard_queries(DASHBOARD))]
+    rules = [
+        {"record": f"dashboard:query_{i}", "expr": q}
+        for i, q in enumerate(dashboard_queries(DASHBOARD))
+    ]
     path = tmp_path / "dashboard-queries.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
-    result = subprocess.run([promtool, "check", "rules", str(path)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -81,8 +81,9 @@ def test_scrape_snippet_and_file_sd_example(tmp_path):
     assert job["job_name"] == "docker-netpolicy"  # the alert rules select this job
     sd_dir = tmp_path / "file_sd"
     sd_dir.mkdir()
-    shutil.copy(DEPLOY / "prometheus" / "file_sd" / "docker-hosts.yml.example",
-                sd_dir / "docker-hosts.yml")
+    shutil.copy(
+        DEPLOY / "prometheus" / "file_sd" / "docker-hosts.yml.example", sd_dir / "docker-hosts.yml"
+    )
     job["file_sd_configs"] = [{"files": [str(sd_dir / "*.yml")]}]
     config = tmp_path / "prometheus.yml"
     config.write_text(yaml.safe_dump({"scrape_configs": [job]}))
@@ -95,8 +96,11 @@ def test_scrape_snippet_and_file_sd_example(tmp_path):
 
 
 def test_alertmanager_config_is_valid():
-    result = run(tool("amtool", "prometheus-alertmanager"), "check-config",
-                 str(DEPLOY / "alertmanager" / "alertmanager.yml"))
+    result = run(
+        tool("amtool", "prometheus-alertmanager"),
+        "check-config",
+        str(DEPLOY / "alertmanager" / "alertmanager.yml"),
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -104,8 +108,11 @@ def test_inhibit_rules_name_real_alerts():
     rules = yaml.safe_load((REPO / "alerts" / "docker-netpolicy.rules.yml").read_text())
     names = {r["alert"] for g in rules["groups"] for r in g["rules"]}
     config = yaml.safe_load((DEPLOY / "alertmanager" / "alertmanager.yml").read_text())
-    matchers = [m for rule in config["inhibit_rules"]
-                for m in rule["source_matchers"] + rule["target_matchers"]]
+    matchers = [
+        m
+        for rule in config["inhibit_rules"]
+        for m in rule["source_matchers"] + rule["target_matchers"]
+    ]
     assert matchers
     for matcher in matchers:
         op, value = re.fullmatch(r'alertname(=~|=)"([^"]+)"', matcher).groups()

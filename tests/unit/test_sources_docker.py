@@ -281,9 +281,7 @@ class BrokenClient(FakeClient):
 
 
 def test_unreachable_daemon_is_one_clear_line():
-    refused = requests.exceptions.ConnectionError(
-        ConnectionRefusedError(111, "Connection refused")
-    )
+    refused = requests.exceptions.ConnectionError(ConnectionRefusedError(111, "Connection refused"))
     source = DockerSource("unix:///run/x.sock", 1.0, client=BrokenClient(refused))
     with pytest.raises(SourceError) as caught:
         source.fetch()
@@ -294,8 +292,11 @@ def test_unreachable_daemon_is_one_clear_line():
 
 
 def test_timeout_names_the_call_and_the_timeout():
-    source = DockerSource("unix:///run/x.sock", 2.5,
-                          client=BrokenClient(requests.exceptions.ReadTimeout("read timed out")))
+    source = DockerSource(
+        "unix:///run/x.sock",
+        2.5,
+        client=BrokenClient(requests.exceptions.ReadTimeout("read timed out")),
+    )
     with pytest.raises(SourceError, match=r"GET /containers/json .* timed out after 2.5s"):
         source.fetch()
 

@@ -34,8 +34,15 @@ COMMIT
 EMPTY_FILTER = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
 
 
-def tool(bin_dir: Path, name: str, output: str = "", *, exit_code: int = 0, stderr: str = "",
-         sleep: float = 0) -> None:
+def tool(
+    bin_dir: Path,
+    name: str,
+    output: str = "",
+    *,
+    exit_code: int = 0,
+    stderr: str = "",
+    sleep: float = 0,
+) -> None:
     """A fake tool: prints `output` exactly (and `stderr`), exits with `exit_code`."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     data = bin_dir / f"{name}.out"
@@ -117,7 +124,9 @@ def test_forced_backend_is_primary_and_the_other_is_still_read(bin_dir):
 
 def test_forced_backend_missing_names_the_debian_package(bin_dir):
     tool(bin_dir, "iptables-nft-save", NFT_DUMP)
-    with pytest.raises(SourceError, match="iptables-legacy-save not found.*Debian package iptables"):
+    with pytest.raises(
+        SourceError, match="iptables-legacy-save not found.*Debian package iptables"
+    ):
         iptables(bin_dir, "legacy").fetch()
 
 
@@ -157,7 +166,9 @@ def test_ipv6_file_names(bin_dir):
     assert source.name == "ip6tables"
     files = source.fetch()
     assert set(files) == {
-        "ip6tables-save.txt", "ip6tables-legacy-save.txt", "firewall-backend-ipv6.txt",
+        "ip6tables-save.txt",
+        "ip6tables-legacy-save.txt",
+        "firewall-backend-ipv6.txt",
     }
 
 
@@ -168,9 +179,13 @@ def test_hung_tool_times_out(bin_dir):
 
 
 def test_permission_denied_says_what_to_do(bin_dir):
-    tool(bin_dir, "iptables-nft-save", exit_code=4,
-         stderr="iptables-nft-save v1.8.9 (nf_tables): Could not fetch rule set generation id: "
-                "Permission denied (you must be root)")
+    tool(
+        bin_dir,
+        "iptables-nft-save",
+        exit_code=4,
+        stderr="iptables-nft-save v1.8.9 (nf_tables): Could not fetch rule set generation id: "
+        "Permission denied (you must be root)",
+    )
     with pytest.raises(SourceError) as caught:
         iptables(bin_dir).fetch()
     message = str(caught.value)
@@ -192,21 +207,25 @@ def test_parse_primary_from_the_captured_nft_dump():
 
 
 def test_parse_both_backends():
-    read = IptablesSource("ipv4").parse({
-        "iptables-save.txt": LEGACY_DUMP,
-        "firewall-backend.txt": "legacy\n",
-        "iptables-nft-save.txt": NFT_DUMP,
-    })
+    read = IptablesSource("ipv4").parse(
+        {
+            "iptables-save.txt": LEGACY_DUMP,
+            "firewall-backend.txt": "legacy\n",
+            "iptables-nft-save.txt": NFT_DUMP,
+        }
+    )
     assert read.primary == "legacy"
     assert [(r.family, r.backend) for r in read.rulesets] == [("ipv4", "legacy"), ("ipv4", "nft")]
 
 
 def test_parse_primary_is_where_dockers_chains_are():
-    read = IptablesSource("ipv4").parse({
-        "iptables-save.txt": EMPTY_FILTER,
-        "firewall-backend.txt": "nft\n",
-        "iptables-legacy-save.txt": LEGACY_DUMP,
-    })
+    read = IptablesSource("ipv4").parse(
+        {
+            "iptables-save.txt": EMPTY_FILTER,
+            "firewall-backend.txt": "nft\n",
+            "iptables-legacy-save.txt": LEGACY_DUMP,
+        }
+    )
     assert read.primary == "legacy"
 
 
@@ -237,8 +256,12 @@ class FakeModule(SimpleNamespace):
 
 def test_render_rule_in_iptables_save_form():
     rule = SimpleNamespace(
-        src="172.17.0.3/255.255.255.255", dst="!172.17.0.0/255.255.0.0",
-        in_interface="docker0", out_interface="!docker0", protocol="tcp", fragment=False,
+        src="172.17.0.3/255.255.255.255",
+        dst="!172.17.0.0/255.255.0.0",
+        in_interface="docker0",
+        out_interface="!docker0",
+        protocol="tcp",
+        fragment=False,
         matches=[FakeModule(name="tcp", saved=b" --dport 80 ")],
         target=FakeModule(name="ACCEPT", saved=None, _goto=False),
         get_ip=lambda: None,
@@ -248,9 +271,15 @@ def test_render_rule_in_iptables_save_form():
         "-m tcp --dport 80 -j ACCEPT"
     )
     anywhere = SimpleNamespace(
-        src="0.0.0.0/0.0.0.0", dst="0.0.0.0/0.0.0.0", in_interface=None, out_interface=None,
-        protocol="ip", fragment=False, matches=[],
-        target=FakeModule(name="DOCKER-USER", saved=None, _goto=True), get_ip=lambda: None,
+        src="0.0.0.0/0.0.0.0",
+        dst="0.0.0.0/0.0.0.0",
+        in_interface=None,
+        out_interface=None,
+        protocol="ip",
+        fragment=False,
+        matches=[],
+        target=FakeModule(name="DOCKER-USER", saved=None, _goto=True),
+        get_ip=lambda: None,
     )
     assert render_rule("FORWARD", anywhere, "ipv4") == "-A FORWARD -g DOCKER-USER"
 

@@ -20,7 +20,10 @@ from exporter.sources.settings import (
 )
 
 CAPTURED_SYSCTL = (
-    Path(__file__).resolve().parents[1] / "fixtures" / "sources" / "docker20.10-nft-mixed"
+    Path(__file__).resolve().parents[1]
+    / "fixtures"
+    / "sources"
+    / "docker20.10-nft-mixed"
     / "sysctl.txt"
 )
 ON = "bridge-nf-call-iptables=1\nbridge-nf-call-ip6tables=1\nnet.ipv4.ip_forward=1\n"
@@ -63,11 +66,13 @@ def cmdline(*flags: str) -> str:
 
 
 def test_cmdline_wins_over_daemon_json_which_wins_over_default():
-    settings = parse_settings({
-        CMDLINE_FILE: cmdline("--icc=false"),
-        DAEMON_JSON_FILE: '{"icc": true, "iptables": false}',
-        SYSCTL_FILE: ON,
-    })
+    settings = parse_settings(
+        {
+            CMDLINE_FILE: cmdline("--icc=false"),
+            DAEMON_JSON_FILE: '{"icc": true, "iptables": false}',
+            SYSCTL_FILE: ON,
+        }
+    )
     assert settings.icc == Setting(False, "cmdline")
     assert settings.iptables == Setting(False, "daemon.json")
     assert settings.ip6tables == Setting(None, "default")
@@ -90,17 +95,25 @@ def test_unknown_without_a_visible_dockerd():
 
 
 def test_garbled_daemon_json_leaves_unset_flags_unknown_not_default():
-    settings = parse_settings({
-        CMDLINE_FILE: cmdline("--icc=false"), DAEMON_JSON_FILE: "{oops", SYSCTL_FILE: ON,
-    })
+    settings = parse_settings(
+        {
+            CMDLINE_FILE: cmdline("--icc=false"),
+            DAEMON_JSON_FILE: "{oops",
+            SYSCTL_FILE: ON,
+        }
+    )
     assert settings.icc == Setting(False, "cmdline")
     assert settings.iptables == Setting(None, "unknown")
 
 
 def test_non_boolean_daemon_json_value_is_ignored():
-    settings = parse_settings({
-        CMDLINE_FILE: cmdline(), DAEMON_JSON_FILE: '{"icc": "false"}', SYSCTL_FILE: ON,
-    })
+    settings = parse_settings(
+        {
+            CMDLINE_FILE: cmdline(),
+            DAEMON_JSON_FILE: '{"icc": "false"}',
+            SYSCTL_FILE: ON,
+        }
+    )
     assert settings.icc == Setting(True, "default")
 
 
@@ -120,7 +133,9 @@ def test_absent_bridge_sysctls_read_as_zero_and_unreadable_as_unknown():
         "net.ipv4.ip_forward=absent\n"
     )
     assert values == {
-        "bridge-nf-call-iptables": 0, "bridge-nf-call-ip6tables": None, "net.ipv4.ip_forward": None,
+        "bridge-nf-call-iptables": 0,
+        "bridge-nf-call-ip6tables": None,
+        "net.ipv4.ip_forward": None,
     }
 
 
@@ -138,8 +153,12 @@ def test_missing_sysctl_file_is_a_source_error():
 # -- fetch on a fake /proc ---------------------------------------------------------------------
 
 
-def make_proc(tmp_path: Path, procs: dict[int, tuple[list[str], str]], own_ns: str = "net:[1]",
-              sysctls: dict[str, str] | None = None) -> Path:
+def make_proc(
+    tmp_path: Path,
+    procs: dict[int, tuple[list[str], str]],
+    own_ns: str = "net:[1]",
+    sysctls: dict[str, str] | None = None,
+) -> Path:
     proc = tmp_path / "proc"
     (proc / "self" / "ns").mkdir(parents=True)
     os.symlink(own_ns, proc / "self" / "ns" / "net")
@@ -153,11 +172,15 @@ def make_proc(tmp_path: Path, procs: dict[int, tuple[list[str], str]], own_ns: s
     (proc / "1" / "cmdline").write_bytes(b"/sbin/init\0")
     (proc / "2").mkdir()
     (proc / "2" / "cmdline").write_bytes(b"")  # a kernel thread
-    values = sysctls if sysctls is not None else {
-        "net/bridge/bridge-nf-call-iptables": "1\n",
-        "net/bridge/bridge-nf-call-ip6tables": "0\n",
-        "net/ipv4/ip_forward": "1\n",
-    }
+    values = (
+        sysctls
+        if sysctls is not None
+        else {
+            "net/bridge/bridge-nf-call-iptables": "1\n",
+            "net/bridge/bridge-nf-call-ip6tables": "0\n",
+            "net/ipv4/ip_forward": "1\n",
+        }
+    )
     for rel, value in values.items():
         (proc / "sys" / rel).parent.mkdir(parents=True, exist_ok=True)
         (proc / "sys" / rel).write_text(value)
@@ -197,10 +220,13 @@ def test_fetch_without_br_netfilter_writes_absent(tmp_path):
 
 
 def test_fetch_ignores_dockerd_of_another_network_namespace(tmp_path):
-    proc = make_proc(tmp_path, {
-        100: (argv("--icc=false"), "net:[2]"),
-        200: (argv("--iptables=false"), "net:[1]"),
-    })
+    proc = make_proc(
+        tmp_path,
+        {
+            100: (argv("--icc=false"), "net:[2]"),
+            200: (argv("--iptables=false"), "net:[1]"),
+        },
+    )
     files = SettingsSource(procfs=str(proc), daemon_config=nothing(tmp_path)).fetch()
     assert "--iptables=false" in files[CMDLINE_FILE]
     only_other = make_proc(tmp_path / "b", {100: (argv("--icc=false"), "net:[2]")})
@@ -210,31 +236,42 @@ def test_fetch_ignores_dockerd_of_another_network_namespace(tmp_path):
 
 def test_fetch_picks_the_dockerd_serving_docker_host(tmp_path, monkeypatch):
     monkeypatch.delenv("DOCKER_HOST", raising=False)
-    proc = make_proc(tmp_path, {
-        100: (argv("-H", "unix:///run/other.sock", "--icc=true"), "net:[1]"),
-        200: (argv("--host=unix:///var/run/docker.sock", "--icc=false"), "net:[1]"),
-    })
+    proc = make_proc(
+        tmp_path,
+        {
+            100: (argv("-H", "unix:///run/other.sock", "--icc=true"), "net:[1]"),
+            200: (argv("--host=unix:///var/run/docker.sock", "--icc=false"), "net:[1]"),
+        },
+    )
     source = SettingsSource(procfs=str(proc), daemon_config=nothing(tmp_path))
     assert "--icc=false" in source.fetch()[CMDLINE_FILE]  # the default socket
-    source = SettingsSource(procfs=str(proc), daemon_config=nothing(tmp_path),
-                            docker_host="unix:///run/other.sock")
+    source = SettingsSource(
+        procfs=str(proc), daemon_config=nothing(tmp_path), docker_host="unix:///run/other.sock"
+    )
     assert "--icc=true" in source.fetch()[CMDLINE_FILE]
     # fd:// (systemd socket activation) serves the default socket too, /var/run == /run
-    proc2 = make_proc(tmp_path / "b", {
-        100: (argv("-H", "fd://"), "net:[1]"),
-        200: (argv("-H", "unix:///srv/d.sock"), "net:[1]"),
-    })
-    source = SettingsSource(procfs=str(proc2), daemon_config=nothing(tmp_path),
-                            docker_host="unix:///run/docker.sock")
+    proc2 = make_proc(
+        tmp_path / "b",
+        {
+            100: (argv("-H", "fd://"), "net:[1]"),
+            200: (argv("-H", "unix:///srv/d.sock"), "net:[1]"),
+        },
+    )
+    source = SettingsSource(
+        procfs=str(proc2), daemon_config=nothing(tmp_path), docker_host="unix:///run/docker.sock"
+    )
     assert "fd://" in source.fetch()[CMDLINE_FILE]
 
 
 def test_fetch_does_not_guess_between_several_dockerds(tmp_path, monkeypatch):
     monkeypatch.delenv("DOCKER_HOST", raising=False)
-    proc = make_proc(tmp_path, {
-        100: (argv("-H", "unix:///a.sock"), "net:[1]"),
-        200: (argv("-H", "unix:///b.sock"), "net:[1]"),
-    })
+    proc = make_proc(
+        tmp_path,
+        {
+            100: (argv("-H", "unix:///a.sock"), "net:[1]"),
+            200: (argv("-H", "unix:///b.sock"), "net:[1]"),
+        },
+    )
     files = SettingsSource(procfs=str(proc), daemon_config=nothing(tmp_path)).fetch()
     assert CMDLINE_FILE not in files
 

@@ -21,7 +21,9 @@ def test_round_trip_is_exact(tmp_path):
     }
     directory = tmp_path / "snap" / "one"
     write_snapshot(directory, files, {"sources": {"docker": "error: down"}})
-    assert (directory / "iptables-save.txt").read_bytes() == b"*filter\r\n-A X -m comment --comment \xff\n"
+    assert (
+        directory / "iptables-save.txt"
+    ).read_bytes() == b"*filter\r\n-A X -m comment --comment \xff\n"
     read = read_snapshot(directory)
     meta = json.loads(read.pop("meta.json"))
     assert read == files
@@ -70,16 +72,29 @@ def test_offline_parse_equals_live_parse(tmp_path):
 
 
 def test_build_sources_order_and_settings():
-    sources = build_sources(docker_host="unix:///run/d.sock", docker_timeout=3.0,
-                            iptables_backend="legacy", timeout=2.0, procfs="/p",
-                            daemon_config="/etc/d.json")
+    sources = build_sources(
+        docker_host="unix:///run/d.sock",
+        docker_timeout=3.0,
+        iptables_backend="legacy",
+        timeout=2.0,
+        procfs="/p",
+        daemon_config="/etc/d.json",
+    )
     assert [s.name for s in sources] == [
-        "docker", "settings", "iptables", "ip6tables", "ebtables", "ipset", "nftables",
+        "docker",
+        "settings",
+        "iptables",
+        "ip6tables",
+        "ebtables",
+        "ipset",
+        "nftables",
     ]
     docker, settings, v4, v6 = sources[:4]
     assert (docker.base_url, docker.timeout) == ("unix:///run/d.sock", 3.0)
     assert (settings.procfs, settings.daemon_config, settings.docker_host) == (
-        "/p", "/etc/d.json", "unix:///run/d.sock",
+        "/p",
+        "/etc/d.json",
+        "unix:///run/d.sock",
     )
     assert (v4.family, v4.backend, v4.timeout) == ("ipv4", "legacy", 2.0)
     assert v6.family == "ipv6"
