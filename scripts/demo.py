@@ -103,48 +103,6 @@ class State:
         return self.data.get(key, default)
 
 
-def attach_lab(info: dict[str, Any]) -> DockerLab:
-    """A DockerLab object for a lab that an earlier `up` started (for `drift`, `down`, ...).
-
-    DockerLab has no constructor for an existing lab, so this builds a fresh one (which makes an
-    empty temp dir, removed at once) and points it at the recorded one. The derived paths are
-    checked against the ones `up` recorded, so a change in tests/lab.py fails loudly here.
-    """
-    lab = DockerLab(prefix=LAB_PREFIX)
-    with contextlib.suppress(OSError):
-        lab.dir.rmdir()
-    lab.name = info["name"]
-    lab.netns = info["netns"]
-    lab.netns_path = f"/run/netns/{lab.netns}"
-    lab.dir = Path(info["dir"])
-    lab.sock = lab.dir / "docker.sock"
-    lab.docker_host = f"unix://{lab.sock}"
-    lab.pidfile = lab.dir / "docker.pid"
-    lab.log_path = lab.dir / "dockerd.log"
-    lab.bin_dir = lab.dir / "bin"
-    lab.icc = info["icc"]
-    lab.backend = info["backend"]
-    lab._netns_created = os.path.exists(lab.netns_path)
-    if lab.docker_host != info["docker_host"] or lab.path_env != info["path_env"]:
-        raise DemoError(
-            "tests/lab.py changed how a lab names its paths; cannot attach to the recorded lab "
-            f"{info}. Clean up by hand: ip netns del {lab.netns}; rm -rf {lab.dir}"
-        )
-    return lab
-
-
-def lab_info(lab: DockerLab) -> dict[str, Any]:
-    return {
-        "name": lab.name,
-        "netns": lab.netns,
-        "dir": str(lab.dir),
-        "docker_host": lab.docker_host,
-        "path_env": lab.path_env,
-        "icc": lab.icc,
-        "backend": lab.backend,
-    }
-
-
 # ---------------------------------------------------------------------- helpers
 
 
@@ -321,11 +279,11 @@ def cmd_up(state: State, args: argparse.Namespace) -> int:
     state.save()
     try:
         lab = DockerLab(prefix=LAB_PREFIX)
-        state.data["lab"] = lab_info(lab)
+        state.data["lab"] = lab.info()
         state.save()
         say(f"demo: starting dockerd --icc=false in network namespace {lab.netns} ...")
         lab.start(icc=False, backend=BACKEND)
-        state.data["lab"] = lab_info(lab)
+        state.data["lab"] = lab.info()
         state.save()
 
         say("demo: containers web (httpd :80, exposed), api (--link web:web), intruder ...")
@@ -439,7 +397,7 @@ def drift_present(lab: DockerLab) -> bool:
 
 def cmd_drift(state: State, args: argparse.Namespace) -> int:
     require_up(state)
-    lab = attach_lab(state["lab"])
+    lab = DockerLab.attach(state["lab"])
     if drift_present(lab):
         say("demo: the drift rule is already in place (iptables -I DOCKER-USER -j ACCEPT)")
     else:
@@ -459,7 +417,7 @@ def cmd_drift(state: State, args: argparse.Namespace) -> int:
 
 def cmd_restore(state: State, args: argparse.Namespace) -> int:
     require_up(state)
-    lab = attach_lab(state["lab"])
+    lab = DockerLab.attach(state["lab"])
     removed = 0
     while drift_present(lab):
         lab.iptables("-D", *DRIFT_RULE)
@@ -477,7 +435,7 @@ def cmd_restore(state: State, args: argparse.Namespace) -> int:
 
 def cmd_check(state: State, args: argparse.Namespace) -> int:
     require_up(state)
-    lab = attach_lab(state["lab"])
+    lab = DockerLab.attach(state["lab"])
     r = lab.exporter(*exporter_flags(lab), "check", "--format", "text", *args.rest)
     sys.stdout.write(r.stdout)
     sys.stderr.write(r.stderr)
@@ -538,7 +496,7 @@ def cmd_status(state: State, args: argparse.Namespace) -> int:
         say(f"  veth          {veth['host']} {ends} ({'present' if present else 'MISSING'})")
     if netns_ok:
         try:
-            drifted = drift_present(attach_lab(lab))
+            drifted = drift_present(DockerLab.attach(lab))
             rule = " ".join(DRIFT_RULE)
             say(f"  drift rule    {f'PRESENT (iptables -I {rule})' if drifted else 'absent'}")
         except Exception as e:  # noqa: BLE001 - status reports, never fails
@@ -586,7 +544,7 @@ def teardown(state: State) -> list[str]:
     if info and (os.path.exists(info["dir"]) or os.path.exists(f"/run/netns/{info['netns']}")):
 
         def close_lab() -> None:
-            lab = attach_lab(info)
+            lab = DockerLab.attach(info)
             lab.dir.mkdir(exist_ok=True)  # close() ends with rmtree(dir)
             lab.close()
 

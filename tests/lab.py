@@ -6,7 +6,7 @@ network namespace), runs busybox containers in it, and measures the ground truth
 connections. The host's own firewall and the host's own Docker are never touched: every
 iptables rule the lab daemon writes lives in the lab's network namespace.
 
-The recipe and its pitfalls are in /work/shared/docs/real-docker-lab.md; the short version:
+The recipe and its pitfalls are in docs/lab.md; the short version:
 
 - ``nsenter --net=/run/netns/NS dockerd ...`` (not ``ip netns exec``: that remounts /sys and
   dockerd dies with "Devices cgroup isn't mounted");
@@ -241,24 +241,29 @@ class DockerLab:
 
     def __init__(self, *, prefix: str = "dnp") -> None:
         token = secrets.token_hex(3)
-        self.name = f"{prefix}-{os.getpid()}-{token}"
         # Short path on purpose: unix socket paths are limited to ~107 bytes, and containerd
         # puts sockets under the exec root.
-        self.dir = Path(tempfile.mkdtemp(prefix=f"{prefix}{token}-", dir="/tmp"))
-        self.netns = self.name
+        directory = Path(tempfile.mkdtemp(prefix=f"{prefix}{token}-", dir="/tmp"))
+        self._init_paths(f"{prefix}-{os.getpid()}-{token}", directory)
+        self.icc: bool | None = None
+        self.backend: str | None = None
+        self._netns_created = False
+
+    def _init_paths(self, name: str, directory: Path) -> None:
+        """Everything derived from the lab's name and directory, for new and attached labs."""
+        self.name = name
+        self.dir = directory
+        self.netns = name
         self.netns_path = f"/run/netns/{self.netns}"
         self.sock = self.dir / "docker.sock"
         self.docker_host = f"unix://{self.sock}"
         self.pidfile = self.dir / "docker.pid"
         self.log_path = self.dir / "dockerd.log"
         self.bin_dir = self.dir / "bin"
-        self.icc: bool | None = None
-        self.backend: str | None = None
         self.extra_args: tuple[str, ...] = ()
         self.containers: dict[str, Container] = {}
         self.timings = Timings()
         self._daemon: subprocess.Popen[bytes] | None = None
-        self._netns_created = False
         self._children: list[subprocess.Popen[Any]] = []
         self._closed = False
         # One UDP listener per (container, port) at a time: a second bind would fail, and with
@@ -267,6 +272,37 @@ class DockerLab:
         self._udp_locks_guard = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def attach(cls, info: dict[str, Any]) -> DockerLab:
+        """A handle on a lab that an earlier process started and described with `info()`.
+
+        Used by the demo, whose commands (`up`, `drift`, `down`) run in separate processes. Paths
+        are derived as for a new lab; a record whose paths differ was written by another version
+        of this module, and attaching to it would stop the wrong things, so it raises LabError.
+        """
+        lab = cls.__new__(cls)
+        lab._init_paths(info["name"], Path(info["dir"]))
+        lab.icc, lab.backend = info["icc"], info["backend"]
+        lab._netns_created = os.path.exists(lab.netns_path)
+        if lab.docker_host != info["docker_host"] or lab.path_env != info["path_env"]:
+            raise LabError(
+                f"the recorded lab {info} was named by another version of tests/lab.py; clean up "
+                f"by hand: ip netns del {lab.netns}; rm -rf {lab.dir}"
+            )
+        return lab
+
+    def info(self) -> dict[str, Any]:
+        """What `attach()` needs to find this lab again (JSON-serialisable)."""
+        return {
+            "name": self.name,
+            "netns": self.netns,
+            "dir": str(self.dir),
+            "docker_host": self.docker_host,
+            "path_env": self.path_env,
+            "icc": self.icc,
+            "backend": self.backend,
+        }
 
     def __enter__(self) -> DockerLab:
         return self

@@ -6,7 +6,7 @@ tests/e2e/test_prometheus.py (everything inside a lab namespace, torn down by th
 scripts/demo.py (Prometheus and Alertmanager on the host's 127.0.0.1, detached so they outlive the
 command): one way to write the configs, start the binaries and read their APIs.
 
-Recipe (/work/shared/docs/real-docker-lab.md, "Prometheus and Alertmanager from Debian"):
+Recipe (docs/lab.md, "Prometheus and Alertmanager"):
 Alertmanager first (an alert fired before Prometheus knows its Alertmanager is dropped and only
 resent after --rules.alert.resend-delay, so that is 1s here), `--cluster.listen-address=` empty (no
 gossip), a `blackhole` default receiver, each with its own storage directory.
