@@ -300,6 +300,11 @@ def test_readme_lists_exactly_the_exported_metrics():
     assert exported - set(documented) == set(), "README.md misses (or mislabels) these metrics"
 
 
+def test_metric_names_are_unique():
+    names = [spec.name for spec in METRICS]
+    assert len(names) == len(set(names))
+
+
 def test_every_spec_exposes_its_name():
     # The sample report sets every series; the names exposed are the ones the table (and so the
     # README) gives, suffixes of counters and infos included.
