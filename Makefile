@@ -29,3 +29,9 @@ demo-stop:
 	$(PYTHON) scripts/demo.py down
 demo-status:
 	$(PYTHON) scripts/demo.py status
+
+# Regenerate the golden outputs of the recorded snapshots (tests/fixtures/golden/<snapshot>.*) with
+# the real check and collector; review the diff before committing it.
+.PHONY: golden
+golden:
+	$(PYTHON) scripts/regen_golden.py

@@ -10,6 +10,7 @@ values, regenerate it and review the diff by eye (it is the public contract):
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from exporter.collector import NetpolicyCollector
+from exporter.collector import METRICS, NetpolicyCollector
 from exporter.latest import Latest
 from exporter.model import HostSettings, Setting
 from exporter.report import (
@@ -36,6 +37,7 @@ from exporter.report import (
 )
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden" / "metrics.txt"
+README = Path(__file__).resolve().parents[2] / "README.md"
 PROMTOOL = "promtool"
 
 SOURCES = (
@@ -274,6 +276,41 @@ def test_promtool_accepts_the_output(tmp_path):
             [promtool, "check", "metrics"], input=text, capture_output=True, timeout=30
         )
         assert result.returncode == 0, (result.stdout + result.stderr).decode()
+
+
+def readme_metrics() -> list[tuple[str, str, tuple[str, ...]]]:
+    """(name, type, labels) of each row of the table in README.md's "## Metrics" section."""
+    section = README.read_text().split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or not cells[0].startswith("`"):
+            continue  # prose, the header or the separator row
+        labels = tuple(re.findall(r"`([^`]+)`", cells[2]))
+        rows.append((cells[0].strip("`"), cells[1], labels))
+    return rows
+
+
+def test_readme_lists_exactly_the_exported_metrics():
+    documented = readme_metrics()
+    names = [name for name, _, _ in documented]
+    assert len(names) == len(set(names)), "a metric is listed twice in README.md"
+    exported = {(spec.sample_name, spec.type, spec.labels) for spec in METRICS}
+    assert set(documented) - exported == set(), "README.md lists metrics that are not exported"
+    assert exported - set(documented) == set(), "README.md misses (or mislabels) these metrics"
+
+
+def test_metric_names_are_unique():
+    names = [spec.name for spec in METRICS]
+    assert len(names) == len(set(names))
+
+
+def test_every_spec_exposes_its_name():
+    # The sample report sets every series; the names exposed are the ones the table (and so the
+    # README) gives, suffixes of counters and infos included.
+    registry, _ = registry_for(previous_report(), sample_report())
+    exposed = {sample.name for family in registry.collect() for sample in family.samples}
+    assert exposed == {spec.sample_name for spec in METRICS}
 
 
 # -- Latest ----------------------------------------------------------------------------------
