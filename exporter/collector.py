@@ -41,7 +41,7 @@ from exporter.report import NetworkFlowTotals, NetworkStatus, Report, SourceStat
 
 PREFIX = "docker_netpolicy_"
 
-MetricType = Literal["gauge", "counter", "info"]
+MetricType = Literal["gauge", "counter"]
 # One series: its label values (in the spec's label order) and its value.
 Sample = tuple[tuple[str, ...], float]
 
@@ -53,8 +53,8 @@ _SINCE = (
     " Since the exporter started (checks run periodically and on Docker events, not at scrape"
     " time)."
 )
-# client_python names a counter or info family without the suffix its samples carry.
-_FAMILY_SUFFIX: dict[MetricType, str] = {"gauge": "", "counter": "_total", "info": "_info"}
+# client_python names a counter family without the suffix its samples carry.
+_FAMILY_SUFFIX: dict[MetricType, str] = {"gauge": "", "counter": "_total"}
 
 
 @dataclass(frozen=True)
@@ -244,7 +244,7 @@ METRICS: tuple[MetricSpec, ...] = (
     ),
     MetricSpec(
         "build_info",
-        "info",
+        "gauge",
         "The exporter's version; the value is always 1.",
         ("version",),
         lambda s: (((s.version,), 1.0),),

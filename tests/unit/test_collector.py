@@ -307,7 +307,7 @@ def test_metric_names_are_unique():
 
 def test_every_spec_exposes_its_name():
     # The sample report sets every series; the names exposed are the ones the table (and so the
-    # README) gives, suffixes of counters and infos included.
+    # README) gives, suffixes of counters included.
     registry, _ = registry_for(previous_report(), sample_report())
     exposed = {sample.name for family in registry.collect() for sample in family.samples}
     assert exposed == {spec.sample_name for spec in METRICS}
