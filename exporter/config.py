@@ -127,11 +127,15 @@ def format_duration(seconds: float) -> str:
     return "".join(parts)
 
 
+DURATION_RESOLUTION = 0.001
+
+
 @dataclass(frozen=True)
 class DurationRange:
     """The values a duration flag accepts, in seconds, both ends included.
 
-    Beyond them a value is a typo, not a wish, and would overflow datetime or a thread wait.
+    Beyond them a value is a typo, not a wish, and would overflow datetime or a thread wait. A
+    value other than 0 below DURATION_RESOLUTION is refused too: nothing here is that precise.
     """
 
     low: float
@@ -142,6 +146,8 @@ class DurationRange:
         seconds = parse_duration(text)
         if seconds == 0 and self.low > 0:
             raise ValueError(f"duration must be greater than zero, got {text!r}")
+        if 0 < seconds < DURATION_RESOLUTION:
+            raise ValueError(f"duration {text!r} is below the resolution of 1ms")
         if not self.low <= seconds <= self.high:
             raise ValueError(f"duration {text!r} is out of range {self}")
         return seconds
