@@ -4,8 +4,10 @@
     docker-netpolicy-exporter check [--format text|json] [--snapshot DIR] [--all-flows]
     docker-netpolicy-exporter snapshot --out DIR
 
-Global flags may come before or after the subcommand. A bad flag value prints one line on stderr
-and exits 2; expected failures never print a traceback.
+Global flags may come before or after the subcommand (after wins). Flags are declared once, in
+GLOBAL_FLAGS and COMMANDS; their defaults are ExporterConfig's. Durations have ranges (see
+exporter.config and --help). A bad flag value prints one line on stderr and exits 2; expected
+failures never print a traceback. Text output escapes control characters (exporter.render).
 
 Exit codes of `check`:
     0  evaluated, every source read, no drift (unknown verdicts are possible: the text says so)
@@ -14,7 +16,8 @@ Exit codes of `check`:
        missing source may hide drift, so "no drift" cannot be claimed), or a usage error
 Exit codes of `snapshot`: 0 files written (sources that failed are listed on stderr and in the
 meta), 2 nothing fetched or the directory could not be written.
-`serve` exits 0 on SIGTERM/SIGINT, 2 when the listen address cannot be bound.
+`serve` exits 0 within a second of SIGTERM/SIGINT (a running check is abandoned, not waited
+for), 2 when the listen address cannot be bound.
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """Settings as frozen values, and the parsers for the flag value formats (durations, addresses).
 
 `CheckConfig` is what one check needs (`exporter.check.run_check`); `ExporterConfig` is every
-global flag, built once by `exporter.cli` and read by the shells (scheduler, http, sources).
+global flag, built once by `exporter.cli` and read by the shells (scheduler, http, sources). Its
+field defaults are the flags' defaults, and the DEFAULT_* paths here are the one home of the host
+paths' defaults. Each duration flag accepts only its *_RANGE (a typo like `1e10` is refused, not
+turned into a datetime overflow or a wait that never ends).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ DEFAULT_DOCKER_HOST = "unix://" + DEFAULT_DOCKER_SOCKET
 DEFAULT_DAEMON_JSON = "/etc/docker/daemon.json"
 DEFAULT_PROCFS = "/proc"
 DEFAULT_LISTEN_ADDRESS = ":9863"
+DEFAULT_CHECK_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,7 @@ class CheckConfig:
     # List every evaluated flow in Report.flows, not only link flows and unexpected verdicts.
     all_flows: bool = False
     # Seconds; the per-check deadline (sources use it for their own calls).
-    timeout: float = 10.0
+    timeout: float = DEFAULT_CHECK_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,7 @@ class ExporterConfig:
     iptables_backend: str = "auto"
     procfs: str = DEFAULT_PROCFS
     check_interval: float = 15.0
-    check_timeout: float = 10.0
+    check_timeout: float = DEFAULT_CHECK_TIMEOUT
     check_debounce: float = 2.0
     expect_icc: ExpectIcc = "any"
     expect_iptables: ExpectIptables = "any"

@@ -12,6 +12,8 @@
   line; the timed-out report stays published (up=0) and its timestamp ages, so
   `docker_netpolicy_last_check_timestamp_seconds` shows it, and /healthz turns 503 once no check
   has started for 3 intervals + timeout, so a supervisor can restart the process.
+- `shutdown()` returns at once: the job stops waiting for a running check (`run_with_deadline`'s
+  `cancel`), publishes nothing, and the check thread (a daemon) is left to die with the process.
 - `trigger()` asks for an early check (Docker events), debounced: the job's next run moves to
   now + `debounce` unless it is already due sooner, so a burst of events makes one check. An event
   that arrives while a check runs schedules one more check after it. Never two checks at once.
