@@ -4,8 +4,10 @@
     docker-netpolicy-exporter check [--format text|json] [--snapshot DIR] [--all-flows]
     docker-netpolicy-exporter snapshot --out DIR
 
-Global flags may come before or after the subcommand. A bad flag value prints one line on stderr
-and exits 2; expected failures never print a traceback.
+Global flags may come before or after the subcommand (after wins). Flags are declared once, in
+GLOBAL_FLAGS and COMMANDS; their defaults are ExporterConfig's. Durations have ranges (see
+exporter.config and --help). A bad flag value prints one line on stderr and exits 2; expected
+failures never print a traceback. Text output escapes control characters (exporter.render).
 
 Exit codes of `check`:
     0  evaluated, every source read, no drift (unknown verdicts are possible: the text says so)
@@ -14,14 +16,13 @@ Exit codes of `check`:
        missing source may hide drift, so "no drift" cannot be claimed), or a usage error
 Exit codes of `snapshot`: 0 files written (sources that failed are listed on stderr and in the
 meta), 2 nothing fetched or the directory could not be written.
-`serve` exits 0 on SIGTERM/SIGINT, 2 when the listen address cannot be bound.
+`serve` exits 0 within a second of SIGTERM/SIGINT (a running check is abandoned, not waited
+for), 2 when the listen address cannot be bound.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import logging
 import os
 import signal
@@ -29,25 +30,39 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import FrameType
 from typing import IO, Any, NoReturn
 
+from prometheus_client import CollectorRegistry
+
 from exporter import __version__
+from exporter.check import run_check
+from exporter.collector import NetpolicyCollector
 from exporter.config import (
-    DEFAULT_DOCKER_HOST,
-    DEFAULT_LISTEN_ADDRESS,
+    CHECK_DEBOUNCE_RANGE,
+    CHECK_INTERVAL_RANGE,
+    CHECK_TIMEOUT_RANGE,
+    DOCKER_TIMEOUT_RANGE,
     EXPECT_ICC_CHOICES,
     EXPECT_IPTABLES_CHOICES,
     IPTABLES_BACKENDS,
     LOG_FORMATS,
     LOG_LEVELS,
     CheckConfig,
+    DurationRange,
     ExporterConfig,
-    parse_duration,
+    format_duration,
     parse_listen_address,
-    parse_positive_duration,
     parse_telemetry_path,
 )
+from exporter.http import BindError, make_app, make_server
+from exporter.latest import Latest
+from exporter.logs import setup_logging
+from exporter.render import escape_text, format_json, format_text
 from exporter.report import Report
+from exporter.scheduler import CheckScheduler, DockerEventWatcher, run_with_deadline
+from exporter.sources import build_sources
 
 PROG = "docker-netpolicy-exporter"
 log = logging.getLogger(__name__)
@@ -60,6 +75,12 @@ EXIT_OK = 0
 EXIT_DRIFT = 1
 EXIT_ERROR = 2
 
+# serve: how often the main thread looks for a stop request, and how long it waits for the event
+# watcher and the HTTP loop at shutdown (all well inside the one second a supervisor is promised).
+_STOP_POLL_SECONDS = 0.05
+_WATCHER_JOIN_SECONDS = 0.2
+_HTTP_POLL_SECONDS = 0.1
+
 
 class CommandError(Exception):
     """An expected failure of a command (bad snapshot, unwritable directory); one line."""
@@ -67,139 +88,185 @@ class CommandError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        message = " ".join(message.split())
+        message = escape_text(" ".join(message.split()))
         self.exit(EXIT_ERROR, f"{PROG}: error: {message}; see --help\n")
 
 
+# -- flags -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One command-line flag. A global flag's default is ExporterConfig's (or `env`'s)."""
+
+    name: str
+    dest: str
+    help: str
+    metavar: str | None = None
+    parse: Callable[[str], Any] | None = None
+    choices: tuple[str, ...] | None = None
+    duration: DurationRange | None = None
+    # An environment variable that, when set, replaces the default.
+    env: str | None = None
+    # Command flags only: a store_true switch, a required flag, the default.
+    switch: bool = False
+    required: bool = False
+    default: Any = None
+
+
 def _typed(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """`parse` with its ValueError turned into argparse's one-line "argument X: ..." error."""
+
     def convert(text: str) -> Any:
         try:
             return parse(text)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
-    convert.__name__ = parse.__name__
     return convert
 
 
-_duration = _typed(parse_positive_duration)
-_non_negative_duration = _typed(parse_duration)
-_listen_address = _typed(parse_listen_address)
-_telemetry_path = _typed(parse_telemetry_path)
-
-
-def _add_global_flags(
-    parser: argparse.ArgumentParser, env: Mapping[str, str], suppress: bool
-) -> None:
-    """The global flags; on subparsers with SUPPRESS defaults so values given before win."""
-
-    def default(value: Any) -> Any:
-        return argparse.SUPPRESS if suppress else value
-
-    g = parser.add_argument_group("global flags")
-    g.add_argument(
-        "--docker.host",
-        dest="docker_host",
-        metavar="URL",
-        default=default(env.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST),
-        help=f"Docker API endpoint (default: $DOCKER_HOST or {DEFAULT_DOCKER_HOST})",
-    )
-    g.add_argument(
+GLOBAL_FLAGS: tuple[Flag, ...] = (
+    Flag("--docker.host", "docker_host", "Docker API endpoint", "URL", env="DOCKER_HOST"),
+    Flag(
         "--docker.timeout",
-        dest="docker_timeout",
-        metavar="DURATION",
-        type=_duration,
-        default=default(5.0),
-        help="timeout of one Docker API call (default: 5s)",
-    )
-    g.add_argument(
-        "--docker.config",
-        dest="docker_config",
-        metavar="FILE",
-        default=default("/etc/docker/daemon.json"),
-        help="dockerd's daemon.json (default: /etc/docker/daemon.json)",
-    )
-    g.add_argument(
+        "docker_timeout",
+        "timeout of one Docker API call",
+        duration=DOCKER_TIMEOUT_RANGE,
+    ),
+    Flag("--docker.config", "docker_config", "dockerd's daemon.json", "FILE"),
+    Flag(
         "--iptables.backend",
-        dest="iptables_backend",
+        "iptables_backend",
+        "how to read iptables rules",
         choices=IPTABLES_BACKENDS,
-        default=default("auto"),
-        help="how to read iptables rules (default: auto)",
-    )
-    g.add_argument(
-        "--procfs",
-        dest="procfs",
-        metavar="DIR",
-        default=default("/proc"),
-        help="procfs mount point (default: /proc)",
-    )
-    g.add_argument(
+    ),
+    Flag("--procfs", "procfs", "procfs mount point", "DIR"),
+    Flag(
         "--check.interval",
-        dest="check_interval",
-        metavar="DURATION",
-        type=_duration,
-        default=default(15.0),
-        help="time between periodic checks (default: 15s)",
-    )
-    g.add_argument(
-        "--check.timeout",
-        dest="check_timeout",
-        metavar="DURATION",
-        type=_duration,
-        default=default(10.0),
-        help="deadline of one check (default: 10s)",
-    )
-    g.add_argument(
+        "check_interval",
+        "time between periodic checks",
+        duration=CHECK_INTERVAL_RANGE,
+    ),
+    Flag("--check.timeout", "check_timeout", "deadline of one check", duration=CHECK_TIMEOUT_RANGE),
+    Flag(
         "--check.debounce",
-        dest="check_debounce",
-        metavar="DURATION",
-        type=_non_negative_duration,
-        default=default(2.0),
-        help="delay of a check triggered by Docker events (default: 2s)",
-    )
-    g.add_argument(
+        "check_debounce",
+        "delay of a check triggered by Docker events",
+        duration=CHECK_DEBOUNCE_RANGE,
+    ),
+    Flag(
         "--expect.icc",
-        dest="expect_icc",
+        "expect_icc",
+        "wanted inter-container communication on the default bridge",
         choices=EXPECT_ICC_CHOICES,
-        default=default("any"),
-        help="wanted inter-container communication on the default bridge (default: any)",
-    )
-    g.add_argument(
+    ),
+    Flag(
         "--expect.iptables",
-        dest="expect_iptables",
+        "expect_iptables",
+        "whether dockerd must manage iptables",
         choices=EXPECT_IPTABLES_CHOICES,
-        default=default("any"),
-        help="whether dockerd must manage iptables (default: any)",
-    )
-    g.add_argument(
+    ),
+    Flag(
         "--web.listen-address",
-        dest="listen_address",
-        metavar="ADDR",
-        type=_listen_address,
-        default=default(parse_listen_address(DEFAULT_LISTEN_ADDRESS)),
-        help="address to serve on: host:port, :port or [v6addr]:port (default: :9863)",
-    )
-    g.add_argument(
+        "listen_address",
+        "address to serve on: host:port, :port or [v6addr]:port",
+        "ADDR",
+        parse=parse_listen_address,
+    ),
+    Flag(
         "--web.telemetry-path",
-        dest="telemetry_path",
-        metavar="PATH",
-        type=_telemetry_path,
-        default=default("/metrics"),
-        help="path of the metrics endpoint (default: /metrics)",
+        "telemetry_path",
+        "path of the metrics endpoint",
+        "PATH",
+        parse=parse_telemetry_path,
+    ),
+    Flag("--log.level", "log_level", "log level", choices=LOG_LEVELS),
+    Flag("--log.format", "log_format", "log format", choices=LOG_FORMATS),
+)
+
+COMMANDS: dict[str, tuple[str, tuple[Flag, ...]]] = {
+    "serve": ("serve metrics (the default)", ()),
+    "check": (
+        "check once and report; exit 0 no drift, 1 drift, 2 could not check",
+        (
+            Flag(
+                "--format",
+                "format",
+                "output format (default: text)",
+                choices=("text", "json"),
+                default="text",
+            ),
+            Flag(
+                "--snapshot",
+                "snapshot",
+                "check the raw files of a snapshot instead of the live host",
+                "DIR",
+            ),
+            Flag(
+                "--all-flows",
+                "all_flows",
+                "list every evaluated flow, not only links and unexpected verdicts",
+                switch=True,
+                default=False,
+            ),
+        ),
+    ),
+    "snapshot": (
+        "fetch the raw inputs of a check into DIR",
+        (Flag("--out", "out", "directory to write", "DIR", required=True),),
+    ),
+}
+
+_CONFIG_DEFAULTS = ExporterConfig()
+
+
+def _after_command(dest: str) -> str:
+    """Where a subcommand stores a global flag given after it (None when not given).
+
+    Apart from `dest`, because argparse copies every value of the subcommand's namespace over the
+    main one: with one dest, a subcommand's default would undo a flag given before it.
+    """
+    return dest + "_after_command"
+
+
+def _global_default(flag: Flag, env: Mapping[str, str]) -> Any:
+    return (env.get(flag.env) if flag.env else None) or getattr(_CONFIG_DEFAULTS, flag.dest)
+
+
+def _shown_default(flag: Flag) -> str:
+    value = getattr(_CONFIG_DEFAULTS, flag.dest)
+    shown = format_duration(value) if flag.duration else str(value)
+    return f"${flag.env} or {shown}" if flag.env else shown
+
+
+def _add_global_flag(add_argument: Callable[..., Any], flag: Flag, dest: str, default: Any) -> None:
+    parse = flag.duration.parse if flag.duration else flag.parse
+    bounds = f", {flag.duration}" if flag.duration else ""
+    add_argument(
+        flag.name,
+        dest=dest,
+        metavar=flag.metavar or ("DURATION" if flag.duration else None),
+        type=_typed(parse) if parse else None,
+        choices=flag.choices,
+        default=default,
+        help=f"{flag.help}{bounds} (default: {_shown_default(flag)})",
     )
-    g.add_argument(
-        "--log.level",
-        dest="log_level",
-        choices=LOG_LEVELS,
-        default=default("info"),
-        help="log level (default: info)",
-    )
-    g.add_argument(
-        "--log.format",
-        dest="log_format",
-        choices=LOG_FORMATS,
-        default=default("logfmt"),
-        help="log format (default: logfmt)",
+
+
+def _add_command_flag(parser: argparse.ArgumentParser, flag: Flag) -> None:
+    if flag.switch:
+        parser.add_argument(flag.name, dest=flag.dest, action="store_true", help=flag.help)
+        return
+    parser.add_argument(
+        flag.name,
+        dest=flag.dest,
+        metavar=flag.metavar,
+        type=_typed(flag.parse) if flag.parse else None,
+        choices=flag.choices,
+        default=flag.default,
+        required=flag.required,
+        help=flag.help,
     )
 
 
@@ -211,66 +278,39 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    _add_global_flags(parser, env, suppress=False)
+    before = parser.add_argument_group("global flags")
+    for flag in GLOBAL_FLAGS:
+        _add_global_flag(before.add_argument, flag, flag.dest, _global_default(flag, env))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    serve = sub.add_parser("serve", help="serve metrics (the default)", allow_abbrev=False)
-    _add_global_flags(serve, env, suppress=True)
-
-    check = sub.add_parser(
-        "check",
-        help="check once and report; exit 0 no drift, 1 drift, 2 could not check",
-        allow_abbrev=False,
-    )
-    check.add_argument(
-        "--format", choices=("text", "json"), default="text", help="output format (default: text)"
-    )
-    check.add_argument(
-        "--snapshot",
-        metavar="DIR",
-        default=None,
-        help="check the raw files of a snapshot instead of the live host",
-    )
-    check.add_argument(
-        "--all-flows",
-        dest="all_flows",
-        action="store_true",
-        help="list every evaluated flow, not only links and unexpected verdicts",
-    )
-    _add_global_flags(check, env, suppress=True)
-
-    snapshot = sub.add_parser(
-        "snapshot", help="fetch the raw inputs of a check into DIR", allow_abbrev=False
-    )
-    snapshot.add_argument("--out", metavar="DIR", required=True, help="directory to write")
-    _add_global_flags(snapshot, env, suppress=True)
+    for name, (help_text, flags) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, allow_abbrev=False)
+        for flag in flags:
+            _add_command_flag(command, flag)
+        after = command.add_argument_group("global flags")
+        for flag in GLOBAL_FLAGS:
+            _add_global_flag(after.add_argument, flag, _after_command(flag.dest), None)
     return parser
 
 
+def known_flags() -> frozenset[str]:
+    """Every flag of every command, for telling an unknown flag from a misplaced one."""
+    names = {"-h", "--help", "--version"} | {flag.name for flag in GLOBAL_FLAGS}
+    for _, flags in COMMANDS.values():
+        names |= {flag.name for flag in flags}
+    return frozenset(names)
+
+
 def config_from_args(args: argparse.Namespace) -> ExporterConfig:
-    return ExporterConfig(
-        docker_host=args.docker_host,
-        docker_timeout=args.docker_timeout,
-        docker_config=args.docker_config,
-        iptables_backend=args.iptables_backend,
-        procfs=args.procfs,
-        check_interval=args.check_interval,
-        check_timeout=args.check_timeout,
-        check_debounce=args.check_debounce,
-        expect_icc=args.expect_icc,
-        expect_iptables=args.expect_iptables,
-        listen_address=args.listen_address,
-        telemetry_path=args.telemetry_path,
-        log_level=args.log_level,
-        log_format=args.log_format,
-    )
+    """Global flags given after the subcommand win over those given before it."""
+    values = {}
+    for flag in GLOBAL_FLAGS:
+        after = getattr(args, _after_command(flag.dest), None)
+        values[flag.dest] = after if after is not None else getattr(args, flag.dest)
+    return ExporterConfig(**values)
 
 
 def live_run_check(cfg: ExporterConfig) -> RunCheck:
     """The real check: build the sources once, then run_check on each call."""
-    from exporter.check import run_check
-    from exporter.sources import build_sources
-
     sources = build_sources(
         docker_host=cfg.docker_host,
         docker_timeout=cfg.docker_timeout,
@@ -288,9 +328,6 @@ def live_run_check(cfg: ExporterConfig) -> RunCheck:
     return run
 
 
-# -- output ----------------------------------------------------------------------------------
-
-
 def exit_code(report: Report) -> int:
     if not report.evaluated:
         return EXIT_ERROR
@@ -301,102 +338,12 @@ def exit_code(report: Report) -> int:
     return EXIT_OK
 
 
-def report_to_json(report: Report) -> dict[str, Any]:
-    return {"drift": report.drift, **dataclasses.asdict(report)}
-
-
-def format_json(report: Report) -> str:
-    return json.dumps(report_to_json(report), indent=2, default=str) + "\n"
-
-
-def _port(protocol: str, port: int | None) -> str:
-    if port is None:
-        return protocol or "any"
-    return f"{protocol}/{port}" if protocol else str(port)
-
-
-def format_text(report: Report) -> str:
-    lines: list[str] = []
-    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(report.started))
-    lines.append(f"check at {when}, took {report.duration_seconds:.2f}s")
-    if report.docker_version or report.iptables_backend or report.forward_policy:
-        lines.append(
-            f"docker {report.docker_version or '?'}, iptables backend "
-            f"{report.iptables_backend or '?'}, FORWARD policy {report.forward_policy or '?'}"
-        )
-    for source in report.sources:
-        if not source.up:
-            lines.append(f"source down: {source.name}: {source.error or 'failed'}")
-    source_errors = {source.error for source in report.sources if not source.up}
-    for error in report.errors:
-        if error not in source_errors:
-            lines.append(f"error: {error}")
-    if not report.evaluated:
-        lines.append("could not check: no verdict was reached")
-        lines.append("drift: unknown")
-        return "\n".join(lines) + "\n"
-
-    for finding in report.findings:
-        where = f"network {finding.network}" if finding.network else "host"
-        lines.append(f"finding: {finding.kind} ({where}): {finding.detail}")
-        if finding.containers:
-            lines.append(f"  containers: {', '.join(finding.containers)}")
-        if finding.rule:
-            lines.append(f"  rule: {finding.rule}")
-        if finding.restore:
-            lines.append(f"  restore: {finding.restore}")
-    for flow in report.flows:
-        if flow.actual == flow.expected:
-            continue
-        alias = f" (link alias {flow.alias})" if flow.alias else ""
-        reason = f": {flow.reason}" if flow.reason else ""
-        lines.append(
-            f"flow: {flow.network} {flow.source} -> {flow.target} "
-            f"{_port(flow.protocol, flow.port)} {flow.family}{alias}: expected {flow.expected}, "
-            f"actual {flow.actual}{reason}"
-        )
-
-    statuses = {net.name: net for net in report.networks}
-    for totals in report.network_totals():
-        status = statuses.get(totals.network)
-        head = (
-            f"network {totals.network} ({status.bridge}, icc {'on' if status.icc else 'off'}, "
-            f"{status.containers} containers)"
-            if status
-            else f"network {totals.network}"
-        )
-        lines.append(
-            f"{head}: {totals.flows} flows, "
-            f"{totals.allowed_as_expected} allowed as expected, "
-            f"{totals.denied_as_expected} denied as expected, "
-            f"{totals.breaches} isolation breaches, "
-            f"{totals.blocked} blocked, {totals.unknown} unknown"
-        )
-    unknown_total = report.unknown_flows
-    if unknown_total:
-        lines.append(
-            f"note: {unknown_total} flows have no verdict (unknown); drift among them cannot be "
-            "ruled out"
-        )
-    if not report.up:
-        lines.append("note: not every source was read; the verdict is incomplete")
-    if report.drift:
-        lines.append("drift: yes")
-    elif unknown_total or not report.up:
-        lines.append("drift: none found, but the check is incomplete")
-    else:
-        lines.append("drift: no")
-    return "\n".join(lines) + "\n"
-
-
 # -- commands --------------------------------------------------------------------------------
 
 
 def _run_deadline(
     run: RunCheck, check_config: CheckConfig, files: Mapping[str, str] | None, timeout: float
 ) -> tuple[Report, dict[str, str] | None]:
-    from exporter.scheduler import run_with_deadline
-
     fetched: list[dict[str, str]] = []
 
     def call() -> Report:
@@ -411,6 +358,7 @@ def _run_deadline(
 def cmd_check(cfg: ExporterConfig, args: argparse.Namespace, run: RunCheck, stdout: IO[str]) -> int:
     files: Mapping[str, str] | None = None
     if args.snapshot:
+        # Imported when used, not at the top: tests put a fake snapshot module in its place.
         from exporter.sources.snapshot import read_snapshot
 
         try:
@@ -428,6 +376,7 @@ def cmd_check(cfg: ExporterConfig, args: argparse.Namespace, run: RunCheck, stdo
 def cmd_snapshot(
     cfg: ExporterConfig, args: argparse.Namespace, run: RunCheck, stdout: IO[str]
 ) -> int:
+    # Imported when used, not at the top: tests put a fake snapshot module in its place.
     from exporter.sources.snapshot import write_snapshot
 
     report, files = _run_deadline(run, cfg.check_config(), None, cfg.check_timeout)
@@ -449,8 +398,35 @@ def cmd_snapshot(
         raise CommandError(f"cannot write snapshot to {args.out}: {_one_line(exc)}") from None
     down = ", ".join(source.name for source in report.sources if not source.up)
     note = f" (not read: {down})" if down else ""
-    stdout.write(f"wrote {len(files)} files to {args.out}{note}\n")
+    stdout.write(escape_text(f"wrote {len(files)} files to {args.out}{note}") + "\n")
     return EXIT_OK
+
+
+class _StopSignals:
+    """While active, SIGTERM and SIGINT only record that they came (main thread only).
+
+    The handler touches no lock: it runs in the main thread between two bytecodes, possibly while
+    that thread holds a lock the handler would need (Event.set() there can deadlock).
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        self.received.append(signum)
 
 
 def serve(
@@ -461,13 +437,25 @@ def serve(
     watch_events: bool = True,
     on_ready: Callable[[Any], None] | None = None,
 ) -> int:
-    from prometheus_client import CollectorRegistry
+    """Check on a schedule and serve the results until SIGTERM/SIGINT or `stop`; then exit fast.
 
-    from exporter.collector import NetpolicyCollector
-    from exporter.http import BindError, make_app, make_server
-    from exporter.latest import Latest
-    from exporter.scheduler import CheckScheduler, DockerEventWatcher
+    Shutting down waits for nothing that can hang: a running check is abandoned (its thread is a
+    daemon), the event watcher gets a short join, the HTTP loop stops within one poll.
+    """
+    stop = stop if stop is not None else threading.Event()
+    with _StopSignals() as signals:
+        return _serve(
+            cfg, run, lambda: stop.is_set() or bool(signals.received), on_ready, watch_events
+        )
 
+
+def _serve(
+    cfg: ExporterConfig,
+    run: RunCheck,
+    stopping: Callable[[], bool],
+    on_ready: Callable[[Any], None] | None,
+    watch_events: bool,
+) -> int:
     latest = Latest()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(NetpolicyCollector(latest))
@@ -493,11 +481,6 @@ def serve(
             "--check.timeout is not shorter than --check.interval; slow checks will delay the next",
             extra={"timeout": cfg.check_timeout, "interval": cfg.check_interval},
         )
-    stop = stop if stop is not None else threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
-
     watcher = (
         DockerEventWatcher(
             scheduler.trigger, docker_host=cfg.docker_host, docker_timeout=cfg.docker_timeout
@@ -506,7 +489,7 @@ def serve(
         else None
     )
     http_thread = threading.Thread(
-        target=server.serve_forever, args=(0.2,), name="http", daemon=True
+        target=server.serve_forever, args=(_HTTP_POLL_SECONDS,), name="http", daemon=True
     )
     try:
         scheduler.start()
@@ -523,12 +506,13 @@ def serve(
         )
         if on_ready is not None:
             on_ready(server)
-        while not stop.wait(1.0):
-            pass
+        # A short sleep, not an Event wait: a signal handler must never need a lock (see above).
+        while not stopping():
+            time.sleep(_STOP_POLL_SECONDS)
         log.info("shutting down")
     finally:
         if watcher is not None:
-            watcher.stop()
+            watcher.stop(_WATCHER_JOIN_SECONDS)
         scheduler.shutdown()
         server.shutdown()
         server.server_close()
@@ -538,18 +522,8 @@ def serve(
 # -- entry point -----------------------------------------------------------------------------
 
 
-def _known_flags(parser: argparse.ArgumentParser) -> set[str]:
-    flags: set[str] = set()
-    for action in parser._actions:
-        flags.update(action.option_strings)
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                flags |= _known_flags(sub)
-    return flags
-
-
-def _unknown_flag(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str | None:
-    known = _known_flags(parser)
+def _unknown_flag(argv: Sequence[str]) -> str | None:
+    known = known_flags()
     for token in argv:
         if token == "--":
             break
@@ -573,13 +547,11 @@ def main(
     stderr: IO[str] | None = None,
 ) -> int:
     """Parse flags, run the subcommand, return the exit code (argparse exits 2 on bad flags)."""
-    from exporter.logs import setup_logging
-
     stdout = stdout if stdout is not None else sys.stdout
     stderr = stderr if stderr is not None else sys.stderr
     parser = build_parser(env)
     argv = list(sys.argv[1:] if argv is None else argv)
-    unknown = _unknown_flag(parser, argv)
+    unknown = _unknown_flag(argv)
     if unknown:
         # Else argparse takes the flag's value for a subcommand and blames that instead.
         parser.error(f"unknown flag {unknown}")
@@ -599,7 +571,7 @@ def main(
             return cmd_snapshot(cfg, args, run, stdout)
         return serve(cfg, run)
     except CommandError as exc:
-        stderr.write(f"{PROG}: error: {exc}\n")
+        stderr.write(f"{PROG}: error: {escape_text(str(exc))}\n")
         stderr.flush()
         return EXIT_ERROR
     except KeyboardInterrupt:

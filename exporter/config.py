@@ -1,7 +1,10 @@
 """Settings as frozen values, and the parsers for the flag value formats (durations, addresses).
 
 `CheckConfig` is what one check needs (`exporter.check.run_check`); `ExporterConfig` is every
-global flag, built once by `exporter.cli` and read by the shells (scheduler, http, sources).
+global flag, built once by `exporter.cli` and read by the shells (scheduler, http, sources). Its
+field defaults are the flags' defaults, and the DEFAULT_* paths here are the one home of the host
+paths' defaults. Each duration flag accepts only its *_RANGE (a typo like `1e10` is refused, not
+turned into a datetime overflow or a wait that never ends).
 """
 
 from __future__ import annotations
@@ -19,8 +22,13 @@ IPTABLES_BACKENDS: tuple[str, ...] = ("auto", "nft", "legacy", "libiptc")
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warn", "error")
 LOG_FORMATS: tuple[str, ...] = ("logfmt", "json")
 
-DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+# The one home of the host paths' defaults (sources read them from here).
+DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
+DEFAULT_DOCKER_HOST = "unix://" + DEFAULT_DOCKER_SOCKET
+DEFAULT_DAEMON_JSON = "/etc/docker/daemon.json"
+DEFAULT_PROCFS = "/proc"
 DEFAULT_LISTEN_ADDRESS = ":9863"
+DEFAULT_CHECK_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -34,7 +42,7 @@ class CheckConfig:
     # List every evaluated flow in Report.flows, not only link flows and unexpected verdicts.
     all_flows: bool = False
     # Seconds; the per-check deadline (sources use it for their own calls).
-    timeout: float = 10.0
+    timeout: float = DEFAULT_CHECK_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -55,15 +63,17 @@ class ExporterConfig:
 
     docker_host: str = DEFAULT_DOCKER_HOST
     docker_timeout: float = 5.0
-    docker_config: str = "/etc/docker/daemon.json"
+    docker_config: str = DEFAULT_DAEMON_JSON
     iptables_backend: str = "auto"
-    procfs: str = "/proc"
+    procfs: str = DEFAULT_PROCFS
     check_interval: float = 15.0
-    check_timeout: float = 10.0
+    check_timeout: float = DEFAULT_CHECK_TIMEOUT
     check_debounce: float = 2.0
     expect_icc: ExpectIcc = "any"
     expect_iptables: ExpectIptables = "any"
-    listen_address: ListenAddress = field(default_factory=lambda: ListenAddress("", 9863))
+    listen_address: ListenAddress = field(
+        default_factory=lambda: parse_listen_address(DEFAULT_LISTEN_ADDRESS)
+    )
     telemetry_path: str = "/metrics"
     log_level: str = "info"
     log_format: str = "logfmt"
@@ -110,11 +120,53 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
-def parse_positive_duration(text: str) -> float:
-    seconds = parse_duration(text)
-    if seconds <= 0:
-        raise ValueError(f"duration must be greater than zero, got {text!r}")
-    return seconds
+def format_duration(seconds: float) -> str:
+    """The shortest flag spelling of `seconds`: 100ms, 15s, 10m, 1h30m (parse_duration reads it)."""
+    if 0 < seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{hours:g}h" if hours else "", f"{minutes:g}m" if minutes else ""]
+    parts.append(f"{secs:g}s" if secs or not (hours or minutes) else "")
+    return "".join(parts)
+
+
+DURATION_RESOLUTION = 0.001
+
+
+@dataclass(frozen=True)
+class DurationRange:
+    """The values a duration flag accepts, in seconds, both ends included.
+
+    Beyond them a value is a typo, not a wish, and would overflow datetime or a thread wait. A
+    value other than 0 below DURATION_RESOLUTION is refused too: nothing here is that precise.
+    """
+
+    low: float
+    high: float
+
+    def parse(self, text: str) -> float:
+        """Seconds from `text` (see parse_duration); ValueError, fit for a user, when outside."""
+        seconds = parse_duration(text)
+        if seconds == 0 and self.low > 0:
+            raise ValueError(f"duration must be greater than zero, got {text!r}")
+        if 0 < seconds < DURATION_RESOLUTION:
+            raise ValueError(f"duration {text!r} is below the resolution of 1ms")
+        if not self.low <= seconds <= self.high:
+            raise ValueError(f"duration {text!r} is out of range {self}")
+        return seconds
+
+    def __str__(self) -> str:
+        return f"{format_duration(self.low)}..{format_duration(self.high)}"
+
+
+# A check every second is already a busy loop of iptables-save; one a day is the slowest useful.
+CHECK_INTERVAL_RANGE = DurationRange(1.0, 24 * 3600.0)
+# Below 100ms no real check finishes; above an hour a hung check is hidden for too long.
+CHECK_TIMEOUT_RANGE = DurationRange(0.1, 3600.0)
+# 0: check at once on an event; an hour of delay is the most that still means "soon".
+CHECK_DEBOUNCE_RANGE = DurationRange(0.0, 3600.0)
+DOCKER_TIMEOUT_RANGE = DurationRange(0.1, 600.0)
 
 
 def parse_listen_address(text: str) -> ListenAddress:

@@ -19,6 +19,8 @@ import sys
 import time
 from typing import IO, Any
 
+from exporter.render import escape_text
+
 LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -69,7 +71,8 @@ def _logfmt_value(value: Any) -> str:
         .replace("\r", "\\r")
         .replace("\t", "\\t")
     )
-    return f'"{escaped}"'
+    # The other controls (an ANSI escape in a container name) as \xNN: one event, one line.
+    return f'"{escape_text(escaped)}"'
 
 
 class LogfmtFormatter(logging.Formatter):

@@ -12,6 +12,8 @@
   line; the timed-out report stays published (up=0) and its timestamp ages, so
   `docker_netpolicy_last_check_timestamp_seconds` shows it, and /healthz turns 503 once no check
   has started for 3 intervals + timeout, so a supervisor can restart the process.
+- `shutdown()` returns at once: the job stops waiting for a running check (`run_with_deadline`'s
+  `cancel`), publishes nothing, and the check thread (a daemon) is left to die with the process.
 - `trigger()` asks for an early check (Docker events), debounced: the job's next run moves to
   now + `debounce` unless it is already due sooner, so a burst of events makes one check. An event
   that arrives while a check runs schedules one more check after it. Never two checks at once.
@@ -38,6 +40,8 @@ from exporter.report import Report, SourceStatus
 log = logging.getLogger(__name__)
 
 JOB_ID = "check"
+# How soon a check's wait notices that the scheduler is shutting down.
+CANCEL_POLL_SECONDS = 0.05
 CheckFn = Callable[[], Report]
 
 
@@ -72,30 +76,41 @@ def _hung_source(thread: threading.Thread) -> str | None:
 
 
 def run_with_deadline(
-    check_fn: CheckFn, timeout: float, *, clock: Callable[[], float] = time.time
+    check_fn: CheckFn,
+    timeout: float,
+    *,
+    clock: Callable[[], float] = time.time,
+    cancel: threading.Event | None = None,
 ) -> tuple[Report, threading.Thread | None]:
-    """Run check_fn in a daemon thread and wait at most `timeout` seconds.
+    """Run check_fn in a daemon thread and wait at most `timeout` seconds, or until `cancel`.
 
-    Returns the report and, when the deadline passed, the abandoned thread (still running). An
-    exception from check_fn becomes a failed report; this function never raises for it.
+    Returns the report and, when the deadline passed or the wait was cancelled, the abandoned
+    thread (still running). An exception from check_fn becomes a failed report; this function
+    never raises for it.
     """
     started = clock()
     result: list[Report] = []
     failure: list[BaseException] = []
+    done = threading.Event()
 
     def work() -> None:
         try:
             result.append(check_fn())
         except BaseException as exc:  # noqa: BLE001 - any failure becomes a failed report
             failure.append(exc)
+        finally:
+            done.set()
 
     worker = threading.Thread(target=work, name="netpolicy-check", daemon=True)
     worker.start()
-    worker.join(timeout)
+    cancelled = _wait(done, timeout, cancel)
     elapsed = max(0.0, clock() - started)
-    if worker.is_alive():
+    if not done.is_set():
         source = _hung_source(worker) or "check"
-        error = f"timed out after {timeout:g}s"
+        if cancelled:
+            error = "cancelled: the exporter is stopping"
+        else:
+            error = f"timed out after {timeout:g}s"
         return _failed_report(started, elapsed, source, error, f"check {error}"), worker
     if failure:
         exc = failure[0]
@@ -103,6 +118,26 @@ def run_with_deadline(
         log.debug("check raised", exc_info=(type(exc), exc, exc.__traceback__))
         return _failed_report(started, elapsed, "check", err, f"check failed: {err}"), None
     return result[0], None
+
+
+def _wait(done: threading.Event, timeout: float, cancel: threading.Event | None) -> bool:
+    """Wait for `done` at most `timeout` seconds; True when `cancel` ended the wait first.
+
+    Without `cancel` one wait; with it, slices of CANCEL_POLL_SECONDS, since one thread cannot
+    wait on two events and a stopping process must not wait a whole check timeout.
+    """
+    if cancel is None:
+        done.wait(timeout)
+        return False
+    deadline = time.monotonic() + timeout
+    while not done.is_set():
+        remaining = deadline - time.monotonic()
+        if cancel.is_set():
+            return True
+        if remaining <= 0:
+            return False
+        done.wait(min(remaining, CANCEL_POLL_SECONDS))
+    return False
 
 
 def log_report(report: Report) -> None:
@@ -153,6 +188,8 @@ class CheckScheduler:
         self._abandoned_since: float | None = None
         self._last_started: float | None = None
         self._started_at: float | None = None
+        # Set by shutdown(): the job thread stops waiting for a running check and publishes nothing.
+        self._stopping = threading.Event()
         self._scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(2)},
             timezone=UTC,
@@ -177,6 +214,12 @@ class CheckScheduler:
         self._scheduler.start()
 
     def shutdown(self) -> None:
+        """Stop at once: a running check is abandoned, not waited for.
+
+        The job runs on a concurrent.futures thread, which the interpreter joins at exit; it must
+        not sit out a check's whole timeout (a hung Docker socket) after SIGTERM.
+        """
+        self._stopping.set()
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
 
@@ -192,6 +235,8 @@ class CheckScheduler:
 
     def run_check(self) -> None:
         """One scheduled run: start a check unless an abandoned one still runs; publish it."""
+        if self._stopping.is_set():
+            return
         with self._lock:
             abandoned = self._abandoned
             if abandoned is not None and abandoned.is_alive():
@@ -210,7 +255,11 @@ class CheckScheduler:
             self._last_started = self._clock()
         abandoned = None
         try:
-            report, abandoned = run_with_deadline(self._check_fn, self.timeout, clock=self._clock)
+            report, abandoned = run_with_deadline(
+                self._check_fn, self.timeout, clock=self._clock, cancel=self._stopping
+            )
+            if self._stopping.is_set():
+                return  # shutting down: a cancelled check is no result
             self._latest.publish(report)
             log_report(report)
         except Exception:  # noqa: BLE001 - a scheduler job must never die

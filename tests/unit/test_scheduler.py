@@ -287,3 +287,36 @@ def test_event_watcher_survives_a_failing_callback():
         assert watcher.is_alive()
     finally:
         watcher.stop()
+
+
+def test_shutdown_stops_waiting_for_a_hung_check(release):
+    latest = Latest()
+    started = threading.Event()
+
+    def hang() -> Report:
+        started.set()
+        release.wait(30)
+        return ok_report()
+
+    scheduler = CheckScheduler(hang, latest, interval=60, timeout=3600, debounce=0.1)
+    job = threading.Thread(target=scheduler.run_check)  # as APScheduler's pool thread runs it
+    job.start()
+    assert started.wait(2)
+    began = time.monotonic()
+    scheduler.shutdown()
+    job.join(2)
+    assert not job.is_alive()
+    assert time.monotonic() - began < 0.5
+    assert latest.snapshot().checks_total == 0  # a cancelled check is no result
+
+
+def test_cancel_ends_the_wait_with_a_failed_report(release):
+    cancel = threading.Event()
+    threading.Timer(0.1, cancel.set).start()
+    began = time.monotonic()
+    report, abandoned = run_with_deadline(
+        lambda: release.wait(30) and ok_report(), 3600, cancel=cancel
+    )
+    assert time.monotonic() - began < 0.5
+    assert abandoned is not None and abandoned.is_alive()
+    assert report.errors == ("check cancelled: the exporter is stopping",)
