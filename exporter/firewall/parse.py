@@ -128,7 +128,9 @@ PROTOCOL_NAMES = frozenset(
     "isis sctp fc mobility-header ipv6-mh mh udplite mpls-in-ip manet hip shim6 wesp rohc "
     "ethernet mptcp".split()
 )
-CONNTRACK_STATES = frozenset({"INVALID", "NEW", "ESTABLISHED", "RELATED", "UNTRACKED", "SNAT", "DNAT"})
+CONNTRACK_STATES = frozenset(
+    {"INVALID", "NEW", "ESTABLISHED", "RELATED", "UNTRACKED", "SNAT", "DNAT"}
+)
 # Names ebtables prints for -p: /etc/ethertypes, plus LENGTH (802.3 frames).
 ETHERTYPE_NAMES = frozenset(
     name.lower()

@@ -67,7 +67,10 @@ def bin_dir(tmp_path, monkeypatch) -> Path:
 
 
 def iptables(bin_dir: Path, backend="auto", family="ipv4", timeout=5.0) -> IptablesSource:
-    return IptablesSource(family, backend, timeout, path=str(bin_dir))
+    """A source on the fake tools; its procfs is an empty dir: no legacy table is loaded."""
+    procfs = bin_dir.parent / "proc"
+    procfs.mkdir(exist_ok=True)
+    return IptablesSource(family, backend, timeout, path=str(bin_dir), procfs=str(procfs))
 
 
 # -- backend choice ----------------------------------------------------------------------------
@@ -77,14 +80,24 @@ def test_auto_takes_the_backend_holding_dockers_chains(bin_dir):
     tool(bin_dir, "iptables-nft-save", NFT_DUMP)
     tool(bin_dir, "iptables-legacy-save", "")
     files = iptables(bin_dir).fetch()
-    assert files == {"iptables-save.txt": NFT_DUMP, "firewall-backend.txt": "nft\n"}
+    assert files == {
+        "iptables-save.txt": NFT_DUMP,
+        "firewall-backend.txt": "nft\n",
+        "iptables-legacy-save.txt": "",  # kept though empty: its tables are checked against nft's
+        "iptables-legacy-tables.txt": "",
+    }
 
 
 def test_auto_finds_legacy_and_skips_an_nft_dump_with_only_a_warning(bin_dir):
     tool(bin_dir, "iptables-nft-save", NFT_WARNING_ONLY)
     tool(bin_dir, "iptables-legacy-save", LEGACY_DUMP)
     files = iptables(bin_dir).fetch()
-    assert files == {"iptables-save.txt": LEGACY_DUMP, "firewall-backend.txt": "legacy\n"}
+    assert files == {
+        "iptables-save.txt": LEGACY_DUMP,
+        "firewall-backend.txt": "legacy\n",
+        "iptables-nft-save.txt": NFT_WARNING_ONLY,
+        "iptables-legacy-tables.txt": "",
+    }
 
 
 def test_auto_keeps_the_other_backend_when_it_holds_rules(bin_dir):
@@ -139,7 +152,11 @@ def test_only_backend_empty_is_kept_not_hidden(bin_dir):
     tool(bin_dir, "iptables-nft-save", "")
     source = iptables(bin_dir)
     files = source.fetch()
-    assert files == {"iptables-save.txt": "", "firewall-backend.txt": "nft\n"}
+    assert files == {
+        "iptables-save.txt": "",
+        "firewall-backend.txt": "nft\n",
+        "iptables-legacy-tables.txt": "",
+    }
     read = source.parse(files)
     assert read.primary is None
     assert len(read.rulesets) == 1 and read.rulesets[0].backend == "nft"
@@ -169,6 +186,7 @@ def test_ipv6_file_names(bin_dir):
         "ip6tables-save.txt",
         "ip6tables-legacy-save.txt",
         "firewall-backend-ipv6.txt",
+        "ip6tables-legacy-tables.txt",
     }
 
 
