@@ -752,11 +752,20 @@ def parse_ipset_save(text: str) -> dict[str, IPSet]:
         except ValueError as exc:
             raise ValueError(f"ipset save line {number}: cannot split: {exc}") from None
         if len(words) >= 3 and words[0] == "create":
-            created[words[1]] = (words[2], _ipset_family(words[3:]))
+            set_type, family = words[2], _ipset_family(words[3:])
+            if set_type not in IPSET_TYPES or family not in IPSET_FAMILIES:
+                raise ValueError(
+                    f"ipset save line {number}: set {words[1]}: unknown type or family "
+                    f"{set_type} {family}"
+                )
+            created[words[1]] = (set_type, family)
             members.setdefault(words[1], [])
         elif len(words) >= 3 and words[0] == "add":
             if words[1] not in created:
                 raise ValueError(f"ipset save line {number}: add to set {words[1]} never created")
+            problem = _ipset_member_problem(words[2], *created[words[1]])
+            if problem:
+                raise ValueError(f"ipset save line {number}: set {words[1]}: {problem}")
             member = words[2] + (" nomatch" if "nomatch" in words[3:] else "")
             members[words[1]].append(member)
         else:
@@ -765,6 +774,38 @@ def parse_ipset_save(text: str) -> dict[str, IPSet]:
         name: IPSet(name, set_type, family, tuple(members[name]))
         for name, (set_type, family) in created.items()
     }
+
+
+# Set types the kernel's ip_set modules provide (ipset 7.x), and the families of `family F`.
+IPSET_TYPES = frozenset(
+    "bitmap:ip bitmap:ip,mac bitmap:port hash:ip hash:mac hash:ip,mac hash:net hash:net,net "
+    "hash:ip,port hash:net,port hash:ip,port,ip hash:ip,port,net hash:ip,mark hash:net,port,net "
+    "hash:net,iface list:set".split()
+)
+IPSET_FAMILIES = frozenset({"inet", "inet6"})
+# Single-address sets, whose members matches.py decides on: ADDR, ADDR/PREFIX or LOW-HIGH.
+IPSET_ADDRESS_TYPES = frozenset({"hash:ip", "hash:net", "bitmap:ip"})
+
+
+def _ipset_member_problem(member: str, set_type: str, family: str) -> str | None:
+    """Why an address set's member is one the kernel could never print; None when it is fine."""
+    if set_type not in IPSET_ADDRESS_TYPES:
+        return None
+    version = 6 if family == "inet6" else 4
+    if "/" not in member and "-" in member:
+        parts = member.split("-", 1)
+    else:
+        parts = [member]
+    for part in parts:
+        address, slash, prefix = part.partition("/")
+        try:
+            if ipaddress.ip_address(address).version != version:
+                return f"member {member} is not an IPv{version} address"
+        except ValueError:
+            return f"member {member!r} is not an address"
+        if slash and not _number_in(prefix, 1, 32 if version == 4 else 128):
+            return f"member {member}: prefix not valid"
+    return None
 
 
 def _ipset_family(options: list[str]) -> str:
@@ -801,8 +842,26 @@ def _sees_bridged_traffic(family: str, hook: str) -> bool:
     return family in BRIDGED_FAMILIES and hook in BRIDGED_HOOKS
 
 
+# Every object kind `nft -j list ruleset` prints (libnftables' JSON schema); anything else means
+# the document is not what nft printed.
+NFT_OBJECT_KINDS = frozenset(
+    {
+        "metainfo", "table", "chain", "rule", "set", "map", "element", "flowtable", "counter",
+        "quota", "ct helper", "ct timeout", "ct expectation", "limit", "secmark", "synproxy",
+    }
+)  # fmt: skip
+NFT_FAMILIES = frozenset({"ip", "ip6", "inet", "arp", "bridge", "netdev"})
+# Fields of table and chain objects this module reads, and the JSON type each must have.
+NFT_FIELD_TYPES: dict[str, dict[str, type]] = {
+    "table": {"family": str, "name": str},
+    "chain": {"family": str, "table": str, "name": str, "hook": str, "prio": int},
+}
+NFT_REQUIRED = {"table": ("family", "name"), "chain": ("family", "table", "name")}
+
+
 def _nft_objects(json_text: str) -> list[dict]:
-    """The list under "nftables", or ValueError with a one-line reason."""
+    """The list under "nftables", or ValueError with a one-line reason: not JSON, no list, or an
+    object of a kind nft does not print or a table/chain with fields of the wrong type."""
     try:
         document = json.loads(json_text)
     except json.JSONDecodeError as exc:
@@ -810,7 +869,32 @@ def _nft_objects(json_text: str) -> list[dict]:
     objects = document.get("nftables") if isinstance(document, dict) else None
     if not isinstance(objects, list):
         raise ValueError('nft JSON: no top-level "nftables" list (not `nft -j list ruleset`)')
-    return [item for item in objects if isinstance(item, dict)]
+    for index, item in enumerate(objects):
+        problem = _nft_object_problem(item)
+        if problem:
+            raise ValueError(f"nft JSON: nftables[{index}]: {problem}")
+    return objects
+
+
+def _nft_object_problem(item: object) -> str | None:
+    if not isinstance(item, dict) or len(item) != 1:
+        return "not an object of one kind"
+    ((kind, body),) = item.items()
+    if kind not in NFT_OBJECT_KINDS:
+        return f"unknown kind {str(kind)[:40]!r}"
+    if not isinstance(body, dict):
+        return f"{kind} is not an object"
+    for key in NFT_REQUIRED.get(kind, ()):
+        if key not in body:
+            return f"{kind} has no {key}"
+    for key, wanted in NFT_FIELD_TYPES.get(kind, {}).items():
+        value = body.get(key)
+        # bool is an int to Python, never a priority to nft
+        if key in body and (not isinstance(value, wanted) or isinstance(value, bool)):
+            return f"{kind} {key} is not a {wanted.__name__}"
+    if kind in NFT_REQUIRED and body["family"] not in NFT_FAMILIES:
+        return f"{kind} family {str(body['family'])[:20]!r} is not an nftables family"
+    return None
 
 
 def parse_nft_ruleset(json_text: str) -> NftablesInfo:
@@ -822,24 +906,30 @@ def parse_nft_ruleset(json_text: str) -> NftablesInfo:
     table, base chains hooked at prerouting/forward/postrouting (ip, ip6, inet, bridge) or
     ingress (netdev, inet) go to foreign_chains as "FAMILY TABLE CHAIN hook HOOK"; hooks such as
     input/output never see bridged container traffic. A table of another family with an
-    iptables-like name (inet filter) is foreign. Raises ValueError with a one-line message for
-    text that is not JSON or has no "nftables" list; empty text is not JSON.
+    iptables-like name (inet filter) is foreign. Every table goes to tables as "FAMILY NAME"
+    (check.py compares them with what iptables-nft-save and ebtables-nft-save printed). Raises
+    ValueError with a one-line message for text that is not JSON, has no "nftables" list, or holds
+    an object nft does not print (see _nft_objects); empty text is not JSON.
     """
     docker: list[str] = []
     foreign: list[str] = []
+    tables: list[str] = []
     for item in _nft_objects(json_text):
-        if isinstance(item.get("table"), dict):
+        if "table" in item:
             table = item["table"]
-            family, name = str(table.get("family", "")), str(table.get("name", ""))
+            family, name = table["family"], table["name"]
             label = f"{family} {name}"
+            if label not in tables:
+                tables.append(label)
             if _docker_table(family, name) and label not in docker:
                 docker.append(label)
-        elif isinstance(item.get("chain"), dict):
-            chain = item["chain"]
-            label = _foreign_chain(chain)
+        elif "chain" in item:
+            label = _foreign_chain(item["chain"])
             if label is not None:
                 foreign.append(label)
-    return NftablesInfo(foreign_chains=tuple(foreign), docker_tables=tuple(docker))
+    return NftablesInfo(
+        foreign_chains=tuple(foreign), docker_tables=tuple(docker), tables=tuple(tables)
+    )
 
 
 def _foreign_chain(chain: dict) -> str | None:
