@@ -32,7 +32,8 @@ Layout (file -> what printed it):
 
 A file a source could not fetch is simply missing; its parse then raises SourceError, as it would
 live. A dump that is not whole (a table cut short, a line no save tool prints, a value the kernel
-could never hold, a table nft lists but the dump lacks) also fails its source: never evidence. Files are written and read byte for byte (UTF-8, undecodable bytes kept via surrogateescape).
+could never hold, a table nft lists but the dump lacks) also fails its source: never evidence.
+Files are written and read byte for byte (UTF-8, undecodable bytes kept via surrogateescape).
 """
 
 from __future__ import annotations
