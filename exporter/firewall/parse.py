@@ -466,6 +466,8 @@ def _rule_chain(text: str) -> str | None:
 def _build_rule(text: str, chain: str, position: int, family: Family, line: int) -> Rule:
     """A Rule for one `-A` line; a line that cannot be parsed, or holds a value the kernel could
     never print, keeps its text and gets `error`."""
+    if not text.replace("\t", " ").isprintable():
+        return Rule(chain, position, text, error="holds bytes that are not text", line=line)
     try:
         tokens = _tokenize(text)
     except ValueError as exc:
