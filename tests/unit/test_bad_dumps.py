@@ -351,3 +351,42 @@ def test_garbage_in_a_firewall_file_fails_its_source(file, text):
     assert_never_evidence(report, intact, file)
     source = {"ebtables": "ebtables", "ipset": "ipset", "nft": "nftables", "iptables": "iptables"}
     down(report, source[file.split("-")[0]])
+
+
+# ---- the kernel's table lists ------------------------------------------------------------------
+
+
+def test_a_table_nft_lists_but_the_ipv4_dump_lacks_makes_the_check_not_evaluated():
+    files = nft_mixed()
+    files["nft-ruleset.json"] = nft_listing("ip filter", "ip nat", "ip raw", "bridge filter")
+    report = check(files)
+    assert exit_code(report) == 2 and not report.evaluated
+    assert down(report, "iptables") == (
+        "iptables: iptables-nft-save printed no table raw that nft lists: dump cut short or "
+        "table incompatible; no verdict from it"
+    )
+
+
+def test_a_table_nft_lists_but_the_ipv6_dump_lacks_makes_ipv6_unreadable():
+    files = nft_mixed()
+    files["nft-ruleset.json"] = nft_listing("ip filter", "ip nat", "ip6 filter", "bridge filter")
+    report = check(files)
+    assert report.evaluated and exit_code(report) == 2
+    assert "ip6tables-nft-save printed no table filter" in down(report, "ip6tables")
+
+
+def test_a_bridge_table_nft_lists_but_ebtables_lacks_fails_ebtables():
+    files = nft_mixed()
+    files["nft-ruleset.json"] = nft_listing("ip filter", "ip nat", "bridge filter", "bridge nat")
+    report = check(files)
+    assert exit_code(report) == 2
+    assert "ebtables-nft-save printed no table nat" in down(report, "ebtables")
+
+
+def test_nft_tables_with_other_names_or_families_are_not_required():
+    files = nft_mixed()
+    files["nft-ruleset.json"] = nft_listing(
+        "ip filter", "ip nat", "bridge filter", "inet filter", "ip docker-bridges", "netdev raw"
+    )
+    report = check(files)
+    assert report.up, report.errors
