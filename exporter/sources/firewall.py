@@ -42,6 +42,9 @@ from exporter.firewall.rules import Backend, IPSet, Ruleset, UnknownLine
 from exporter.firewall.state import NftablesInfo
 from exporter.sources.base import SourceError, decode, find_binary, require, run_tool
 
+# What iptables-nft-save's comment about a table it cannot show says (lower case).
+INCOMPATIBLE_TABLE = "incompatible"
+
 IptablesBackendChoice = Literal["auto", "nft", "legacy", "libiptc"]
 BACKENDS: tuple[Backend, ...] = ("nft", "legacy")
 DOCKER_CHAINS = ("DOCKER", "DOCKER-FORWARD", "DOCKER-USER")
@@ -309,10 +312,23 @@ def whole(source: str, file: str, ruleset: Ruleset) -> Ruleset:
         if rule.error
     ]
     if not problems:
+        _shows_every_table(source, file, ruleset)
         return ruleset
     number, what = min(problems)
     verdict = "no verdict from it" if "cut short" in what else "dump not whole, no verdict from it"
     raise SourceError(f"{source}: {file} line {number}: {what}; {verdict}")
+
+
+def _shows_every_table(source: str, file: str, ruleset: Ruleset) -> None:
+    """iptables-nft-save prints "# Table `raw' contains incompatible base-chains, use 'nft' tool to
+    list them." on stdout, then that table with empty default chains, and exits 0: its rules are
+    not in the dump."""
+    for warning in ruleset.warnings:
+        if INCOMPATIBLE_TABLE in warning.lower():
+            raise SourceError(
+                f"{source}: {file}: {warning[:120]!r}: that table's rules are not in the dump; "
+                "no verdict from it"
+            )
 
 
 def _unknown_line(line: UnknownLine) -> str:

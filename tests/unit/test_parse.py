@@ -45,7 +45,7 @@ def opt(name: str, *args: str, negated: bool = False) -> Option:
 
 def test_fixture_sets_are_present() -> None:
     assert len(LAYOUTS) == 22 and len(NFT_TEXT_LAYOUTS) == 5
-    assert len(CAPTURES) == 4 and len(TOOL_DUMPS) == 7
+    assert len(CAPTURES) == 4 and len(TOOL_DUMPS) == 8
 
 
 @pytest.mark.parametrize("path", IPTABLES_LAYOUTS + CAPTURES + TOOL_DUMPS, ids=lambda p: p.name)

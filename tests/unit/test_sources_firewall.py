@@ -558,3 +558,13 @@ def test_an_empty_other_dump_is_kept_for_its_tables_but_adds_no_ruleset():
     )
     assert [r.backend for r in read.rulesets] == ["legacy"]
     assert read.dump_tables == {"legacy": frozenset({"filter", "nat"}), "nft": {"filter"}}
+
+
+def test_a_table_iptables_nft_save_cannot_show_fails_the_source():
+    text = (TOOLS / "iptables-nft-save-incompatible.txt").read_text()
+    with pytest.raises(SourceError) as caught:
+        IptablesSource("ipv4").parse({"iptables-save.txt": text, "firewall-backend.txt": "nft\n"})
+    assert str(caught.value) == (
+        "iptables: iptables-save.txt: \"# Table `raw' contains incompatible base-chains, use "
+        "'nft' tool to list them.\": that table's rules are not in the dump; no verdict from it"
+    )
