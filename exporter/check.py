@@ -9,18 +9,21 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from exporter.comparison import duplicate_findings, flow_findings, host_findings, rule_findings
 from exporter.config import CheckConfig
 from exporter.expectations import network_expectations, posture_findings
 from exporter.firewall.evaluate import PathInputs
+from exporter.firewall.parse import EBTABLES_NFT_TABLES, IPTABLES_NFT_TABLES
 from exporter.firewall.rules import Ruleset
 from exporter.firewall.state import FirewallState
 from exporter.flows import evaluate_flows
 from exporter.model import DockerState, HostSettings, Setting
 from exporter.report import Report, SourceStatus
 from exporter.sources.base import Source, SourceError
+from exporter.sources.firewall import IptablesRead
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,58 @@ def run_check(
     return report, fetched
 
 
+# (source, nft family, save tool, the table names that tool prints from that family)
+NFT_DUMPS = (
+    ("iptables", "ip", "iptables-nft-save", IPTABLES_NFT_TABLES),
+    ("ip6tables", "ip6", "ip6tables-nft-save", IPTABLES_NFT_TABLES),
+    ("ebtables", "bridge", "ebtables-nft-save", EBTABLES_NFT_TABLES),
+)
+
+
+def _nft_dump_tables(value: IptablesRead | Ruleset) -> frozenset[str] | None:
+    """The tables the nft backend's save dump printed (none when it was not read); None when
+    they cannot be compared."""
+    if isinstance(value, IptablesRead):
+        return value.dump_tables.get("nft", frozenset())
+    # The bridge ruleset is the nft one unless only the legacy dump held rules; the nft dump then
+    # held nothing and is not kept, so its tables are not known here.
+    return frozenset(value.tables) if value.backend == "nft" else None
+
+
+def _check_dumps_against_nft(
+    values: Mapping[str, Any], statuses: Sequence[SourceStatus]
+) -> tuple[dict[str, Any], list[SourceStatus]]:
+    """Drop a firewall source whose nft dump lacks a table nft lists, and mark it down.
+
+    A save dump cut at a table boundary looks whole; iptables-nft-save also skips a native nft
+    table with an iptables name. Either way a table the kernel holds would go unjudged, so the
+    family is unreadable rather than judged on a part of its rules.
+    """
+    values, statuses = dict(values), list(statuses)
+    nft = values.get("nftables")
+    if nft is None:
+        return values, statuses
+    listed = {tuple(label.split(" ", 1)) for label in nft.tables}
+    for source, family, tool, names in NFT_DUMPS:
+        printed = _nft_dump_tables(values[source]) if values.get(source) is not None else None
+        if printed is None:
+            continue
+        wanted = sorted(table for fam, table in listed if fam == family and table in names)
+        missing = [table for table in wanted if table not in printed]
+        if not missing:
+            continue
+        error = (
+            f"{source}: {tool} printed no table {', '.join(missing)} that nft lists: dump cut "
+            "short or table incompatible; no verdict from it"
+        )
+        del values[source]
+        statuses = [
+            replace(s, up=False, error=s.error or error) if s.name == source else s
+            for s in statuses
+        ]
+    return values, statuses
+
+
 def _has_docker_chains(ruleset: Ruleset) -> bool:
     return any(ruleset.chain("filter", name) is not None for name in DOCKER_CHAINS)
 
@@ -81,6 +136,7 @@ def build_report(
     began: float,
 ) -> Report:
     """Decide from what the sources gave. Pure, apart from reading the clock for the duration."""
+    values, statuses = _check_dumps_against_nft(values, statuses)
     errors = tuple(s.error for s in statuses if s.error)
     docker: DockerState | None = values.get("docker")
     ipv4 = values.get("iptables")

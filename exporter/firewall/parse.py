@@ -11,10 +11,11 @@ view of the firewall.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import shlex
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 from exporter.firewall.rules import (
@@ -105,6 +106,201 @@ def _is_option(token: _Token) -> bool:
 
 def _is_bang(token: _Token) -> bool:
     return not token.quoted and token.value == "!"
+
+
+# ---- values the kernel can print -------------------------------------------------------------
+#
+# A save tool prints what the kernel holds, so a value the kernel could never hold (a /33 mask,
+# port 99999, a 16-character interface) means the bytes are not what a tool printed: the rule
+# gets `error` instead of being trusted. One entry per option the evaluator decides on
+# (matches.py); options missing here are not checked (a legit kernel feature the evaluator does
+# not know stays a rule and makes its flows unknown).
+
+# IFNAMSIZ is 16 with the trailing NUL; iptables and ebtables refuse longer names, '+' included.
+IFNAME_MAX = 15
+# A multiport match holds at most 15 ports, a range taking two of them (XT_MULTI_PORTS).
+MULTIPORT_SLOTS = 15
+# Names iptables-save prints for -p: its own table plus netbase's /etc/protocols.
+PROTOCOL_NAMES = frozenset(
+    "all ip hopopt icmp igmp ggp ipencap st tcp egp igp pup udp hmp xns-idp rdp iso-tp4 dccp xtp "
+    "ddp idpr-cmtp ipv6 ipv6-route ipv6-frag idrp rsvp gre esp ah skip ipv6-icmp icmpv6 "
+    "ipv6-nonxt ipv6-opts rspf vmtp eigrp ospf ax.25 ipip etherip encap pim ipcomp vrrp l2tp "
+    "isis sctp fc mobility-header ipv6-mh mh udplite mpls-in-ip manet hip shim6 wesp rohc "
+    "ethernet mptcp".split()
+)
+CONNTRACK_STATES = frozenset(
+    {"INVALID", "NEW", "ESTABLISHED", "RELATED", "UNTRACKED", "SNAT", "DNAT"}
+)
+# Names ebtables prints for -p: /etc/ethertypes, plus LENGTH (802.3 frames).
+ETHERTYPE_NAMES = frozenset(
+    name.lower()
+    for name in "IPv4 X25 ARP FR_ARP BPQ TRILL L2-IS-IS TEB RAW_FR RARP ATALK AARP 802_1Q IPX "
+    "NetBEUI IPv6 PPP MPLS MPLS_MULTI ATMMPOA PPP_DISC PPP_SES ATMFATE EAPOL S-TAG EAP_PREAUTH "
+    "LLDP MACSEC PBB MVRP PTP FCOE FIP ROCE LoWPAN LENGTH".split()
+)
+# ebtables refuses ethertypes below 0x0600 (those values are 802.3 lengths).
+ETHERTYPE_MIN = 0x0600
+PORT_MAX = 65535
+HEX_RE = re.compile(r"^0x[0-9a-fA-F]{1,4}$")
+
+Validator = Callable[[Option, Family], str | None]
+
+
+def _one_arg(option: Option) -> str | None:
+    return option.args[0] if len(option.args) == 1 else None
+
+
+def _address_problem(text: str, version: int) -> str | None:
+    """None when `text` is ADDR, ADDR/PREFIX or ADDR/MASK of the IP version (iptables prints a
+    non-contiguous mask as a dotted or full address)."""
+    address, slash, mask = text.partition("/")
+    try:
+        if ipaddress.ip_address(address).version != version:
+            return f"{text} is not an IPv{version} address"
+    except ValueError:
+        return f"{text} is not an address"
+    if not slash:
+        return None
+    if mask.isdigit():
+        return None if int(mask) <= (32 if version == 4 else 128) else f"{text}: prefix too long"
+    try:
+        if ipaddress.ip_address(mask).version == version:
+            return None
+    except ValueError:
+        pass
+    return f"{text}: mask {mask!r} is not valid"
+
+
+def _address(version: int | None) -> Validator:
+    """An address option; version None takes the ruleset's family."""
+
+    def check(option: Option, family: Family) -> str | None:
+        text = _one_arg(option)
+        if text is None:
+            return f"{option.name} needs one address"
+        return _address_problem(text, version or (6 if family == "ipv6" else 4))
+
+    return check
+
+
+def _interface(option: Option, _: Family) -> str | None:
+    name = _one_arg(option)
+    if name is None or not 0 < len(name) <= IFNAME_MAX or "/" in name or not name.isprintable():
+        return f"{option.name} {' '.join(option.args)!r} is not an interface name"
+    return None
+
+
+def _protocol(option: Option, _: Family) -> str | None:
+    text = _one_arg(option)
+    if text is not None and (text.lower() in PROTOCOL_NAMES or _number_in(text, 0, 255)):
+        return None
+    return f"{option.name} {' '.join(option.args)!r} is not a protocol"
+
+
+def _number_in(text: str, low: int, high: int) -> bool:
+    return text.isdigit() and low <= int(text) <= high
+
+
+def _port_range_slots(text: str) -> int | None:
+    """How many multiport slots PORT or LOW:HIGH takes (1 or 2); None when it is not one."""
+    low, colon, high = text.partition(":")
+    if not _number_in(low, 0, PORT_MAX):
+        return None
+    if not colon:
+        return 1
+    if not _number_in(high, 0, PORT_MAX) or int(low) > int(high):
+        return None
+    return 2
+
+
+def _port(option: Option, _: Family) -> str | None:
+    text = _one_arg(option)
+    if text is None or _port_range_slots(text) is None:
+        return f"{option.name} {' '.join(option.args)!r} is not a port or LOW:HIGH range"
+    return None
+
+
+def _ports(option: Option, _: Family) -> str | None:
+    text = _one_arg(option)
+    slots = [_port_range_slots(part) for part in text.split(",")] if text else [None]
+    if None in slots:
+        return f"{option.name} {' '.join(option.args)!r} is not a list of ports"
+    if sum(slots) > MULTIPORT_SLOTS:  # type: ignore[arg-type]
+        return f"{option.name} {text}: more than {MULTIPORT_SLOTS} ports"
+    return None
+
+
+def _states(option: Option, _: Family) -> str | None:
+    text = _one_arg(option)
+    if text is None or not set(text.upper().split(",")) <= CONNTRACK_STATES:
+        return f"{option.name} {' '.join(option.args)!r} is not a list of conntrack states"
+    return None
+
+
+def _ethertype(option: Option, _: Family) -> str | None:
+    text = _one_arg(option)
+    if text is not None and text.lower() in ETHERTYPE_NAMES:
+        return None
+    if text is not None and HEX_RE.match(text) and int(text, 16) >= ETHERTYPE_MIN:
+        return None
+    return f"{option.name} {' '.join(option.args)!r} is not an ethertype"
+
+
+VALIDATORS: dict[tuple[str, str], Validator] = {
+    ("", "-s"): _address(None),
+    ("", "-d"): _address(None),
+    ("", "-i"): _interface,
+    ("", "-o"): _interface,
+    ("", "-p"): _protocol,
+    ("conntrack", "--ctstate"): _states,
+    ("state", "--state"): _states,
+    ("multiport", "--dports"): _ports,
+    ("multiport", "--destination-ports"): _ports,
+    ("multiport", "--sports"): _ports,
+    ("multiport", "--source-ports"): _ports,
+    ("multiport", "--ports"): _ports,
+    **{
+        (module, name): _port
+        for module in ("tcp", "udp", "sctp")
+        for name in ("--dport", "--destination-port", "--sport", "--source-port")
+    },
+}
+
+BRIDGE_VALIDATORS: dict[tuple[str, str], Validator] = {
+    ("", "-p"): _ethertype,
+    ("", "--protocol"): _ethertype,
+    **{
+        ("", name): _interface
+        for name in ("-i", "-o", "--in-interface", "--out-interface", "--logical-in",
+                     "--logical-out")
+    },
+    **{
+        ("", name): _address(4)
+        for name in ("--ip-src", "--ip-dst", "--ip-source", "--ip-destination", "--arp-ip-src",
+                     "--arp-ip-dst")
+    },
+    **{
+        ("", name): _address(6)
+        for name in ("--ip6-src", "--ip6-dst", "--ip6-source", "--ip6-destination")
+    },
+    **{
+        ("", name): _protocol
+        for name in ("--ip-proto", "--ip-protocol", "--ip6-proto", "--ip6-protocol")
+    },
+    **{("", name): _port for name in ("--ip-sport", "--ip-dport", "--ip6-sport", "--ip6-dport")},
+}  # fmt: skip
+
+
+def _value_problem(matches: tuple[Match, ...], family: Family) -> str | None:
+    """The first value in the rule that the kernel could never have printed, if any."""
+    table = BRIDGE_VALIDATORS if family == "bridge" else VALIDATORS
+    for match in matches:
+        for option in match.options:
+            check = table.get((match.module, option.name))
+            problem = check(option, family) if check else None
+            if problem:
+                return problem
+    return None
 
 
 # ---- one rule --------------------------------------------------------------------------------
@@ -267,24 +463,30 @@ def _rule_chain(text: str) -> str | None:
     return None
 
 
-def _build_rule(text: str, chain: str, position: int, bridge: bool) -> Rule:
-    """A Rule for one `-A` line; a line that cannot be parsed keeps its text and gets `error`."""
+def _build_rule(text: str, chain: str, position: int, family: Family, line: int) -> Rule:
+    """A Rule for one `-A` line; a line that cannot be parsed, or holds a value the kernel could
+    never print, keeps its text and gets `error`."""
+    if not text.replace("\t", " ").isprintable():
+        return Rule(chain, position, text, error="holds bytes that are not text", line=line)
     try:
         tokens = _tokenize(text)
     except ValueError as exc:
-        return Rule(chain, position, text, error=f"cannot split rule: {exc}")
+        return Rule(chain, position, text, error=f"cannot split rule: {exc}", line=line)
     try:
-        draft = _parse_rule_tokens(tokens[2:], bridge)
+        draft = _parse_rule_tokens(tokens[2:], family == "bridge")
     except _RuleSyntaxError as exc:
-        return Rule(chain, position, text, error=str(exc))
+        return Rule(chain, position, text, error=str(exc), line=line)
+    matches = tuple(Match(module, tuple(options)) for module, options in draft.matches)
     return Rule(
         chain=chain,
         position=position,
         text=text,
-        matches=tuple(Match(module, tuple(options)) for module, options in draft.matches),
+        matches=matches,
         target=draft.target,
         target_options=tuple(draft.target_options),
         goto=draft.goto,
+        error=_value_problem(matches, family),
+        line=line,
     )
 
 
@@ -302,7 +504,7 @@ class _ChainDraft:
 class _DumpBuilder:
     """The mutable state of one parse; frozen into a Ruleset at the end."""
 
-    bridge: bool
+    family: Family
     tables: dict[str, dict[str, _ChainDraft]] = field(default_factory=dict)
     unknown: list[UnknownLine] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -310,9 +512,16 @@ class _DumpBuilder:
     table: str | None = None
     table_line: int = 0
     committed: bool = True
+    # The last table opened, and whether a `# Completed` line followed its end.
+    last_table: str | None = None
+    completed: bool = True
+
+    @property
+    def bridge(self) -> bool:
+        return self.family == "bridge"
 
     def unknown_line(self, number: int, text: str, reason: str) -> None:
-        self.unknown.append(UnknownLine(number, text, reason))
+        self.unknown.append(UnknownLine(number, text, reason, self.table))
 
     def open_table(self, number: int, text: str) -> None:
         name = text[1:].strip()
@@ -321,6 +530,7 @@ class _DumpBuilder:
             return
         self._close_uncommitted(number)
         self.table, self.table_line, self.committed = name, number, False
+        self.last_table, self.completed = name, False
         self.tables.setdefault(name, {})
 
     def commit(self, number: int, text: str) -> None:
@@ -329,14 +539,29 @@ class _DumpBuilder:
             return
         self.committed, self.table = True, None
 
+    def complete(self) -> None:
+        """A `# Completed on` line: the tool finished printing the table before it."""
+        self.completed = self.committed or self.bridge
+
     def finish(self, last_line: int) -> None:
-        self._close_uncommitted(last_line + 1)
+        if self.table is not None and not self.committed and not self.bridge:
+            self._close_uncommitted(last_line + 1)  # says the same, and says it first
+        elif self.last_table is not None and not self.completed and self._prints_completed():
+            reason = f"table {self.last_table} has no '# Completed' line after it (dump cut short)"
+            self.unknown.append(UnknownLine(last_line + 1, "", reason, self.last_table))
+
+    def _prints_completed(self) -> bool:
+        """iptables-save (both backends) and ebtables-nft-save close each table with a
+        `# Completed on` line after its `# Generated by` header; ebtables-legacy-save and
+        libiptc's rendering print no such line."""
+        backend = _header_backend(self.headers)
+        return backend is not None and (not self.bridge or backend == "nft")
 
     def _close_uncommitted(self, number: int) -> None:
         """iptables-save ends every table with COMMIT; a missing one means a truncated dump."""
         if not self.bridge and self.table is not None and not self.committed:
-            reason = f"table {self.table} (line {self.table_line}) has no COMMIT"
-            self.unknown_line(number, "", reason)
+            reason = f"table {self.table} has no COMMIT (dump cut short)"
+            self.unknown.append(UnknownLine(number, "", reason, self.table))
         self.committed = True
 
     def declare_chain(self, number: int, text: str) -> None:
@@ -382,7 +607,7 @@ class _DumpBuilder:
         draft = chains.get(chain)
         if draft is None:
             draft = chains[chain] = _ChainDraft(None, False)
-        rule = _build_rule(text, chain, len(draft.rules) + 1, self.bridge)
+        rule = _build_rule(text, chain, len(draft.rules) + 1, self.family, number)
         if not draft.declared and rule.error is None:
             rule = replace(rule, error=f"chain {chain} not declared in table {self.table}")
         draft.rules.append(rule)
@@ -440,7 +665,9 @@ def _comment(builder: _DumpBuilder, line: str) -> None:
     """Generated/Completed headers are bookkeeping; any other comment is a tool warning."""
     if HEADER_RE.match(line):
         builder.headers.append(line)
-    elif not COMPLETED_RE.match(line):
+    elif COMPLETED_RE.match(line):
+        builder.complete()
+    else:
         builder.warnings.append(line)
 
 
@@ -478,7 +705,7 @@ def parse_iptables_save(text: str, family: Family, backend: Backend | None = Non
     """
     if not text.strip():
         return Ruleset(family, backend or "legacy", warnings=(EMPTY_DUMP,))
-    builder = _DumpBuilder(bridge=False)
+    builder = _DumpBuilder(family)
     _feed(builder, text)
     found = _header_backend(builder.headers)
     return builder.ruleset(family, found or backend or "legacy")
@@ -497,7 +724,7 @@ def parse_ebtables_save(text: str) -> Ruleset:
     """
     if not text.strip():
         return Ruleset("bridge", "nft", warnings=(EMPTY_DUMP,))
-    builder = _DumpBuilder(bridge=True)
+    builder = _DumpBuilder("bridge")
     _feed(builder, text)
     found = _header_backend(builder.headers)
     return builder.ruleset("bridge", found or "nft")
@@ -527,11 +754,20 @@ def parse_ipset_save(text: str) -> dict[str, IPSet]:
         except ValueError as exc:
             raise ValueError(f"ipset save line {number}: cannot split: {exc}") from None
         if len(words) >= 3 and words[0] == "create":
-            created[words[1]] = (words[2], _ipset_family(words[3:]))
+            set_type, family = words[2], _ipset_family(words[3:])
+            if set_type not in IPSET_TYPES or family not in IPSET_FAMILIES:
+                raise ValueError(
+                    f"ipset save line {number}: set {words[1]}: unknown type or family "
+                    f"{set_type} {family}"
+                )
+            created[words[1]] = (set_type, family)
             members.setdefault(words[1], [])
         elif len(words) >= 3 and words[0] == "add":
             if words[1] not in created:
                 raise ValueError(f"ipset save line {number}: add to set {words[1]} never created")
+            problem = _ipset_member_problem(words[2], *created[words[1]])
+            if problem:
+                raise ValueError(f"ipset save line {number}: set {words[1]}: {problem}")
             member = words[2] + (" nomatch" if "nomatch" in words[3:] else "")
             members[words[1]].append(member)
         else:
@@ -540,6 +776,38 @@ def parse_ipset_save(text: str) -> dict[str, IPSet]:
         name: IPSet(name, set_type, family, tuple(members[name]))
         for name, (set_type, family) in created.items()
     }
+
+
+# Set types the kernel's ip_set modules provide (ipset 7.x), and the families of `family F`.
+IPSET_TYPES = frozenset(
+    "bitmap:ip bitmap:ip,mac bitmap:port hash:ip hash:mac hash:ip,mac hash:net hash:net,net "
+    "hash:ip,port hash:net,port hash:ip,port,ip hash:ip,port,net hash:ip,mark hash:net,port,net "
+    "hash:net,iface list:set".split()
+)
+IPSET_FAMILIES = frozenset({"inet", "inet6"})
+# Single-address sets, whose members matches.py decides on: ADDR, ADDR/PREFIX or LOW-HIGH.
+IPSET_ADDRESS_TYPES = frozenset({"hash:ip", "hash:net", "bitmap:ip"})
+
+
+def _ipset_member_problem(member: str, set_type: str, family: str) -> str | None:
+    """Why an address set's member is one the kernel could never print; None when it is fine."""
+    if set_type not in IPSET_ADDRESS_TYPES:
+        return None
+    version = 6 if family == "inet6" else 4
+    if "/" not in member and "-" in member:
+        parts = member.split("-", 1)
+    else:
+        parts = [member]
+    for part in parts:
+        address, slash, prefix = part.partition("/")
+        try:
+            if ipaddress.ip_address(address).version != version:
+                return f"member {member} is not an IPv{version} address"
+        except ValueError:
+            return f"member {member!r} is not an address"
+        if slash and not _number_in(prefix, 1, 32 if version == 4 else 128):
+            return f"member {member}: prefix not valid"
+    return None
 
 
 def _ipset_family(options: list[str]) -> str:
@@ -576,8 +844,26 @@ def _sees_bridged_traffic(family: str, hook: str) -> bool:
     return family in BRIDGED_FAMILIES and hook in BRIDGED_HOOKS
 
 
+# Every object kind `nft -j list ruleset` prints (libnftables' JSON schema); anything else means
+# the document is not what nft printed.
+NFT_OBJECT_KINDS = frozenset(
+    {
+        "metainfo", "table", "chain", "rule", "set", "map", "element", "flowtable", "counter",
+        "quota", "ct helper", "ct timeout", "ct expectation", "limit", "secmark", "synproxy",
+    }
+)  # fmt: skip
+NFT_FAMILIES = frozenset({"ip", "ip6", "inet", "arp", "bridge", "netdev"})
+# Fields of table and chain objects this module reads, and the JSON type each must have.
+NFT_FIELD_TYPES: dict[str, dict[str, type]] = {
+    "table": {"family": str, "name": str},
+    "chain": {"family": str, "table": str, "name": str, "hook": str, "prio": int},
+}
+NFT_REQUIRED = {"table": ("family", "name"), "chain": ("family", "table", "name")}
+
+
 def _nft_objects(json_text: str) -> list[dict]:
-    """The list under "nftables", or ValueError with a one-line reason."""
+    """The list under "nftables", or ValueError with a one-line reason: not JSON, no list, or an
+    object of a kind nft does not print or a table/chain with fields of the wrong type."""
     try:
         document = json.loads(json_text)
     except json.JSONDecodeError as exc:
@@ -585,7 +871,32 @@ def _nft_objects(json_text: str) -> list[dict]:
     objects = document.get("nftables") if isinstance(document, dict) else None
     if not isinstance(objects, list):
         raise ValueError('nft JSON: no top-level "nftables" list (not `nft -j list ruleset`)')
-    return [item for item in objects if isinstance(item, dict)]
+    for index, item in enumerate(objects):
+        problem = _nft_object_problem(item)
+        if problem:
+            raise ValueError(f"nft JSON: nftables[{index}]: {problem}")
+    return objects
+
+
+def _nft_object_problem(item: object) -> str | None:
+    if not isinstance(item, dict) or len(item) != 1:
+        return "not an object of one kind"
+    ((kind, body),) = item.items()
+    if kind not in NFT_OBJECT_KINDS:
+        return f"unknown kind {str(kind)[:40]!r}"
+    if not isinstance(body, dict):
+        return f"{kind} is not an object"
+    for key in NFT_REQUIRED.get(kind, ()):
+        if key not in body:
+            return f"{kind} has no {key}"
+    for key, wanted in NFT_FIELD_TYPES.get(kind, {}).items():
+        value = body.get(key)
+        # bool is an int to Python, never a priority to nft
+        if key in body and (not isinstance(value, wanted) or isinstance(value, bool)):
+            return f"{kind} {key} is not a {wanted.__name__}"
+    if kind in NFT_REQUIRED and body["family"] not in NFT_FAMILIES:
+        return f"{kind} family {str(body['family'])[:20]!r} is not an nftables family"
+    return None
 
 
 def parse_nft_ruleset(json_text: str) -> NftablesInfo:
@@ -597,24 +908,30 @@ def parse_nft_ruleset(json_text: str) -> NftablesInfo:
     table, base chains hooked at prerouting/forward/postrouting (ip, ip6, inet, bridge) or
     ingress (netdev, inet) go to foreign_chains as "FAMILY TABLE CHAIN hook HOOK"; hooks such as
     input/output never see bridged container traffic. A table of another family with an
-    iptables-like name (inet filter) is foreign. Raises ValueError with a one-line message for
-    text that is not JSON or has no "nftables" list; empty text is not JSON.
+    iptables-like name (inet filter) is foreign. Every table goes to tables as "FAMILY NAME"
+    (check.py compares them with what iptables-nft-save and ebtables-nft-save printed). Raises
+    ValueError with a one-line message for text that is not JSON, has no "nftables" list, or holds
+    an object nft does not print (see _nft_objects); empty text is not JSON.
     """
     docker: list[str] = []
     foreign: list[str] = []
+    tables: list[str] = []
     for item in _nft_objects(json_text):
-        if isinstance(item.get("table"), dict):
+        if "table" in item:
             table = item["table"]
-            family, name = str(table.get("family", "")), str(table.get("name", ""))
+            family, name = table["family"], table["name"]
             label = f"{family} {name}"
+            if label not in tables:
+                tables.append(label)
             if _docker_table(family, name) and label not in docker:
                 docker.append(label)
-        elif isinstance(item.get("chain"), dict):
-            chain = item["chain"]
-            label = _foreign_chain(chain)
+        elif "chain" in item:
+            label = _foreign_chain(item["chain"])
             if label is not None:
                 foreign.append(label)
-    return NftablesInfo(foreign_chains=tuple(foreign), docker_tables=tuple(docker))
+    return NftablesInfo(
+        foreign_chains=tuple(foreign), docker_tables=tuple(docker), tables=tuple(tables)
+    )
 
 
 def _foreign_chain(chain: dict) -> str | None:

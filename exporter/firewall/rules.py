@@ -43,8 +43,10 @@ class Rule:
     target: str | None = None
     target_options: tuple[Option, ...] = ()
     goto: bool = False
-    # Set when the line could not be parsed; the evaluator treats such a rule as undecidable.
+    # Set when the line could not be parsed, or holds a value the kernel could never print.
     error: str | None = None
+    # 1-based line of the dump it came from (0 when not from a dump); not part of its identity.
+    line: int = field(default=0, compare=False)
 
     @property
     def spec(self) -> str:
@@ -87,6 +89,8 @@ class UnknownLine:
     number: int
     text: str
     reason: str
+    # The table open at that line, None outside any table.
+    table: str | None = None
 
 
 @dataclass(frozen=True)

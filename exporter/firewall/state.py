@@ -16,10 +16,14 @@ class NftablesInfo:
     ingress), e.g. "inet firewalld filter_FORWARD hook forward". They decide packets too, and the
     evaluator does not walk nft syntax, so flows they could touch are unknown.
     docker_tables: Docker 29's own nftables firewall backend tables ("ip docker-bridges", ...).
+    tables: every table nft lists, as "FAMILY NAME" ("ip filter", "bridge nat", ...), those of
+    iptables-nft and ebtables-nft included: the kernel's own list, against which a save dump cut
+    at a table boundary shows.
     """
 
     foreign_chains: tuple[str, ...] = ()
     docker_tables: tuple[str, ...] = ()
+    tables: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 # Where the firewall tools live on Debian; a non-root PATH often lacks them.
@@ -79,11 +79,19 @@ def decode(data: bytes) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
-def run_tool(source: str, argv: Sequence[str], timeout: float) -> str:
+def run_tool(
+    source: str,
+    argv: Sequence[str],
+    timeout: float,
+    *,
+    benign_stderr: Collection[str] = frozenset(),
+) -> str:
     """Run a read-only tool and return what it printed on stdout.
 
     argv[0] must be an absolute path (see `find_binary`). The tool runs with LC_ALL=C, no stdin and
-    a hard timeout; a tool that hangs is killed.
+    a hard timeout; a tool that hangs is killed. Exit 0 is not enough: a tool may skip part of its
+    output, say so on stderr and still exit 0, so any stderr line other than the `benign_stderr`
+    ones (exact lines, surrounding blanks ignored) is a SourceError naming the first.
     """
     command = " ".join([os.path.basename(argv[0]), *argv[1:]])
     env = dict(os.environ, LC_ALL="C", LANG="C")
@@ -112,6 +120,16 @@ def run_tool(source: str, argv: Sequence[str], timeout: float) -> str:
         first = stderr.splitlines()[0] if stderr else "(no error output)"
         hint = f"; {_DENIED_HINT}" if any(d in stderr.lower() for d in _DENIED) else ""
         raise SourceError(f"{source}: {command} failed (exit {done.returncode}): {first}{hint}")
+    unexpected = [
+        line.strip()
+        for line in decode(done.stderr).splitlines()
+        if line.strip() and line.strip() not in benign_stderr
+    ]
+    if unexpected:
+        raise SourceError(
+            f"{source}: {command} exited 0 but printed on stderr: {unexpected[0][:200]!r}; "
+            "its output may be incomplete, no verdict from it"
+        )
     return decode(done.stdout)
 
 

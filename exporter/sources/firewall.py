@@ -38,9 +38,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from exporter.firewall.rules import Backend, IPSet, Ruleset
+from exporter.firewall.rules import Backend, IPSet, Ruleset, UnknownLine
 from exporter.firewall.state import NftablesInfo
 from exporter.sources.base import SourceError, decode, find_binary, require, run_tool
+
+# What iptables-nft-save's comment about a table it cannot show says (lower case).
+INCOMPATIBLE_TABLE = "incompatible"
 
 IptablesBackendChoice = Literal["auto", "nft", "legacy", "libiptc"]
 BACKENDS: tuple[Backend, ...] = ("nft", "legacy")
@@ -54,6 +57,18 @@ NFT_EMPTY = '{"nftables": []}\n'
 
 _CHAIN_LINE = re.compile(r"^:(\S+)\s+(\S+)")
 
+# What each tool may print on stderr while exiting 0 and still have printed everything; any other
+# stderr line fails the source. iptables-nft-save warns that the other backend also holds tables
+# (that backend is read too). Not here on purpose: "table `filter' is incompatible, use 'nft'
+# tool.", printed when a native nft table has an iptables name: that table is then missing from
+# the dump.
+_LEGACY_PRESENT = "# Warning: {tool}-legacy tables present, use {tool}-legacy-save to see them"
+BENIGN_STDERR: dict[str, frozenset[str]] = {
+    f"{tool}{variant}-save": frozenset({_LEGACY_PRESENT.format(tool=tool)})
+    for tool in ("iptables", "ip6tables")
+    for variant in ("-nft", "")  # plain iptables-save is the nft variant on most hosts
+}
+
 
 @dataclass(frozen=True)
 class IptablesRead:
@@ -65,6 +80,9 @@ class IptablesRead:
 
     primary: Backend | None
     rulesets: tuple[Ruleset, ...]
+    # The tables each backend's dump printed, for every dump read (also one holding nothing, which
+    # is not in rulesets): check.py compares them with the tables `nft` lists.
+    dump_tables: dict[Backend, frozenset[str]] = dataclasses.field(default_factory=dict)
 
 
 def holds_docker_chains(ruleset: Ruleset) -> bool:
@@ -122,6 +140,10 @@ class IptablesSource:
         self.backend_file = (
             "firewall-backend.txt" if family == "ipv4" else "firewall-backend-ipv6.txt"
         )
+        self.legacy_tables_file = f"{self.tool}-legacy-tables.txt"
+        self.legacy_names = os.path.join(
+            procfs, "net", "ip_tables_names" if family == "ipv4" else "ip6_tables_names"
+        )
 
     def backend_save_file(self, backend: Backend) -> str:
         return f"{self.tool}-{backend}-save.txt"
@@ -156,13 +178,27 @@ class IptablesSource:
     def _missing(self, what: str) -> SourceError:
         return SourceError(f"{self.name}: {what} not found; install the Debian package iptables")
 
+    def _legacy_tables(self) -> str:
+        """The kernel's list of legacy tables ("" when x_tables is not loaded: none exist)."""
+        try:
+            with open(self.legacy_names, encoding="utf-8", errors="surrogateescape") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            return ""
+        except OSError as error:
+            raise SourceError(
+                f"{self.name}: cannot read {self.legacy_names}: {error.strerror}"
+            ) from None
+
     def fetch(self) -> dict[str, str]:
         outputs: dict[Backend, str] = {}
+        # Read before the dumps: tables only appear, so a dump taken after lists them all.
+        legacy_tables = self._legacy_tables()
         binaries = self._binaries()
         if self.backend == "libiptc":
             outputs["legacy"] = read_libiptc(self.family, self.procfs, self.timeout)
             if "nft" in binaries:
-                outputs["nft"] = run_tool(self.name, [binaries["nft"]], self.timeout)
+                outputs["nft"] = self._run_save(binaries["nft"])
             primary: Backend = "legacy"
         else:
             if self.backend in BACKENDS and self.backend not in binaries:
@@ -172,16 +208,26 @@ class IptablesSource:
                     f"{self.tool}-nft-save, {self.tool}-legacy-save and {self.tool}-save"
                 )
             for backend, binary in binaries.items():
-                outputs[backend] = run_tool(self.name, [binary], self.timeout)
+                outputs[backend] = self._run_save(binary)
             if self.backend in BACKENDS:
                 primary = self.backend  # type: ignore[assignment]
             else:
                 primary = self._choose(outputs)
-        files = {self.save_file: outputs[primary], self.backend_file: primary + "\n"}
+        files = {
+            self.save_file: outputs[primary],
+            self.backend_file: primary + "\n",
+            self.legacy_tables_file: legacy_tables,
+        }
         for backend, text in outputs.items():
-            if backend != primary and text_holds_anything(text):
+            if backend != primary:
+                # Kept even when it holds nothing: its list of tables is checked against the
+                # kernel's, and a missing file would look like a table cut off.
                 files[self.backend_save_file(backend)] = text
         return files
+
+    def _run_save(self, binary: str) -> str:
+        benign = BENIGN_STDERR.get(os.path.basename(binary), frozenset())
+        return run_tool(self.name, [binary], self.timeout, benign_stderr=benign)
 
     def _choose(self, outputs: Mapping[Backend, str]) -> Backend:
         docker = [b for b in BACKENDS if b in outputs and text_holds_docker_chains(outputs[b])]
@@ -207,17 +253,90 @@ class IptablesSource:
                     f"{self.name}: {self.backend_file} names no backend (nft/legacy): {word!r}"
                 )
             hint = word  # type: ignore[assignment]
-        first = parse_iptables_save(text, self.family, hint)
+        first = whole(self.name, self.save_file, parse_iptables_save(text, self.family, hint))
         if hint is not None and first.backend != hint:
             first = dataclasses.replace(first, backend=hint)
         rulesets = [first]
+        dumps = {first.backend: (self.save_file, first)}
         for backend in BACKENDS:
             name = self.backend_save_file(backend)
             if backend != first.backend and name in files:
                 other = parse_iptables_save(files[name], self.family, backend)
-                rulesets.append(dataclasses.replace(other, backend=backend))
+                other = whole(self.name, name, other)
+                other = dataclasses.replace(other, backend=backend)
+                dumps[backend] = (name, other)
+                if text_holds_anything(files[name]):
+                    rulesets.append(other)
+        self._check_legacy_tables(files, dumps)
         primary = next((r.backend for r in rulesets if holds_docker_chains(r)), None)
-        return IptablesRead(primary=primary, rulesets=tuple(rulesets))
+        tables = {backend: frozenset(r.tables) for backend, (_, r) in dumps.items()}
+        return IptablesRead(primary=primary, rulesets=tuple(rulesets), dump_tables=tables)
+
+    def _check_legacy_tables(
+        self, files: Mapping[str, str], dumps: Mapping[Backend, tuple[str, Ruleset]]
+    ) -> None:
+        """Every table the kernel lists as legacy must be in the legacy dump: a dump cut at a
+        table boundary leaves no other trace. Snapshots without the list skip this."""
+        if self.legacy_tables_file not in files:
+            return
+        listed = [name.strip() for name in files[self.legacy_tables_file].splitlines()]
+        listed = [name for name in listed if name]
+        if not listed:
+            return
+        if "legacy" not in dumps:
+            raise SourceError(
+                f"{self.name}: the kernel lists legacy tables ({', '.join(listed)}) but no "
+                f"{self.tool}-legacy-save output was read; install the Debian package iptables"
+            )
+        name, legacy = dumps["legacy"]
+        missing = [table for table in listed if table not in legacy.tables]
+        if missing:
+            raise SourceError(
+                f"{self.name}: {name} printed no table {', '.join(missing)} that "
+                f"{self.legacy_tables_file} lists: dump cut short; no verdict from it"
+            )
+
+
+def whole(source: str, file: str, ruleset: Ruleset) -> Ruleset:
+    """The ruleset, when its dump was read in full; SourceError naming the first line that says it
+    was not (a table cut short, a line no save tool prints, a rule that cannot be parsed or holds
+    a value the kernel could never print). A partial dump is never evidence: what is missing could
+    hold the rule that decides. Well-formed rules with options the evaluator does not know pass.
+    """
+    problems = [(line.number, _unknown_line(line)) for line in ruleset.unknown_lines]
+    problems += [
+        (rule.line, f"table {table.name} chain {chain.name}: rule not understood ({rule.error})")
+        for table in ruleset.tables.values()
+        for chain in table.chains.values()
+        for rule in chain.rules
+        if rule.error
+    ]
+    if not problems:
+        _shows_every_table(source, file, ruleset)
+        return ruleset
+    number, what = min(problems)
+    verdict = "no verdict from it" if "cut short" in what else "dump not whole, no verdict from it"
+    raise SourceError(f"{source}: {file} line {number}: {what}; {verdict}")
+
+
+def _shows_every_table(source: str, file: str, ruleset: Ruleset) -> None:
+    """iptables-nft-save prints "# Table `raw' contains incompatible base-chains, use 'nft' tool to
+    list them." on stdout, then that table with empty default chains, and exits 0: its rules are
+    not in the dump."""
+    for warning in ruleset.warnings:
+        if INCOMPATIBLE_TABLE in warning.lower():
+            raise SourceError(
+                f"{source}: {file}: {warning[:120]!r}: that table's rules are not in the dump; "
+                "no verdict from it"
+            )
+
+
+def _unknown_line(line: UnknownLine) -> str:
+    where = (
+        f"table {line.table}: " if line.table and f"table {line.table}" not in line.reason else ""
+    )
+    text = f": {line.text[:60]!r}" if line.text else ""
+    return f"{where}{line.reason}{text}"
 
 
 # -- libiptc (python-iptables) --------------------------------------------------------------------
@@ -362,6 +481,10 @@ class _ToolSource:
         self.path = path
         self.sysfs = sysfs
 
+    def _run(self, binary: str, *args: str) -> str:
+        benign = BENIGN_STDERR.get(os.path.basename(binary), frozenset())
+        return run_tool(self.name, [binary, *args], self.timeout, benign_stderr=benign)
+
 
 class EbtablesSource(_ToolSource):
     """The bridge family (ebtables, either backend)."""
@@ -376,11 +499,11 @@ class EbtablesSource(_ToolSource):
             raise SourceError(
                 "ebtables: ebtables-save not found; install the Debian package ebtables"
             )
-        files = {EBTABLES_FILE: run_tool(self.name, [binary], self.timeout)}
+        files = {EBTABLES_FILE: self._run(binary)}
         legacy = find_binary("ebtables-legacy-save", self.path)
         if legacy and os.path.isdir(os.path.join(self.sysfs, "module", "ebtables")):
             if os.path.realpath(legacy) != os.path.realpath(binary):
-                files[EBTABLES_LEGACY_FILE] = run_tool(self.name, [legacy], self.timeout)
+                files[EBTABLES_LEGACY_FILE] = self._run(legacy)
         return files
 
     def parse(self, files: Mapping[str, str]) -> Ruleset:
@@ -390,15 +513,18 @@ class EbtablesSource(_ToolSource):
         """
         from exporter.firewall.parse import parse_ebtables_save
 
-        main = parse_ebtables_save(require(self.name, files, EBTABLES_FILE))
+        main = whole(
+            self.name, EBTABLES_FILE, parse_ebtables_save(require(self.name, files, EBTABLES_FILE))
+        )
         if EBTABLES_LEGACY_FILE not in files:
             return main
-        legacy = dataclasses.replace(
-            parse_ebtables_save(files[EBTABLES_LEGACY_FILE]), backend="legacy"
+        legacy = whole(
+            self.name, EBTABLES_LEGACY_FILE, parse_ebtables_save(files[EBTABLES_LEGACY_FILE])
         )
-        if legacy.empty and not legacy.unknown_lines:
+        legacy = dataclasses.replace(legacy, backend="legacy")
+        if legacy.empty:
             return main
-        if main.empty and not main.unknown_lines:
+        if main.empty:
             return legacy
         raise SourceError(
             "ebtables: both ebtables-nft and ebtables-legacy hold rules; the bridge stage cannot "
@@ -423,7 +549,7 @@ class IpsetSource(_ToolSource):
                 "ipset: ipset not found but the ip_set module is loaded; "
                 "install the Debian package ipset"
             )
-        return {IPSET_FILE: run_tool(self.name, [binary, "save"], self.timeout)}
+        return {IPSET_FILE: self._run(binary, "save")}
 
     def parse(self, files: Mapping[str, str]) -> dict[str, IPSet]:
         return _pure(self.name, IPSET_FILE, files, _parse_ipset)
@@ -444,7 +570,7 @@ class NftablesSource(_ToolSource):
                 "nftables: nft not found but the nf_tables module is loaded; "
                 "install the Debian package nftables"
             )
-        return {NFT_FILE: run_tool(self.name, [binary, "-j", "list", "ruleset"], self.timeout)}
+        return {NFT_FILE: self._run(binary, "-j", "list", "ruleset")}
 
     def parse(self, files: Mapping[str, str]) -> NftablesInfo:
         return _pure(self.name, NFT_FILE, files, _parse_nft)

@@ -13,11 +13,15 @@ Layout (file -> what printed it):
 - sysctl.txt               bridge-nf-call-iptables / bridge-nf-call-ip6tables / net.ipv4.ip_forward
                            from /proc/sys, `key=value`, value `absent` or `unreadable` when so
 - iptables-save.txt        iptables-nft-save or iptables-legacy-save: the primary backend's dump
-- iptables-nft-save.txt    the other backend's dump, when it holds anything (one of these two)
-- iptables-legacy-save.txt
+- iptables-nft-save.txt    the other backend's dump, whenever its tool is installed (one of these
+- iptables-legacy-save.txt two; also when it holds nothing: its tables are checked against nft's)
 - firewall-backend.txt     "nft" or "legacy": the backend iptables-save.txt came from
+- iptables-legacy-tables.txt  /proc/net/ip_tables_names: the kernel's legacy tables, one a line
+                           (empty when the file is absent: no legacy table is loaded); each must
+                           be in the legacy dump. Older snapshots lack it and skip that check.
 - ip6tables-save.txt, ip6tables-nft-save.txt, ip6tables-legacy-save.txt,
-  firewall-backend-ipv6.txt  the same for IPv6 (ip6tables-*-save)
+  firewall-backend-ipv6.txt, ip6tables-legacy-tables.txt (/proc/net/ip6_tables_names)
+                           the same for IPv6 (ip6tables-*-save)
 - ebtables-save.txt        ebtables-nft-save (else ebtables-save)
 - ebtables-legacy-save.txt ebtables-legacy-save, when the legacy ebtables module is loaded
 - ipset-save.txt           ipset save (empty when ipset is absent and ip_set is not loaded)
@@ -27,7 +31,9 @@ Layout (file -> what printed it):
                            the caller adds (which sources were read, which failed and why)
 
 A file a source could not fetch is simply missing; its parse then raises SourceError, as it would
-live. Files are written and read byte for byte (UTF-8, undecodable bytes kept via surrogateescape).
+live. A dump that is not whole (a table cut short, a line no save tool prints, a value the kernel
+could never hold, a table nft lists but the dump lacks) also fails its source: never evidence.
+Files are written and read byte for byte (UTF-8, undecodable bytes kept via surrogateescape).
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ def opt(name: str, *args: str, negated: bool = False) -> Option:
 
 def test_fixture_sets_are_present() -> None:
     assert len(LAYOUTS) == 22 and len(NFT_TEXT_LAYOUTS) == 5
-    assert len(CAPTURES) == 4 and len(TOOL_DUMPS) == 7
+    assert len(CAPTURES) == 4 and len(TOOL_DUMPS) == 8
 
 
 @pytest.mark.parametrize("path", IPTABLES_LAYOUTS + CAPTURES + TOOL_DUMPS, ids=lambda p: p.name)
@@ -481,3 +481,209 @@ def test_nft_invalid_json() -> None:
         with pytest.raises(ValueError) as caught:
             parse_nft_ruleset(text)
         assert "\n" not in str(caught.value) and str(caught.value).startswith("nft JSON")
+
+
+# ---- values the kernel could never print -------------------------------------------------------
+
+NFT_DUMP = read("tools", "iptables-nft-save.txt")
+V6_DUMP = read("tools", "ip6tables-nft-save.txt")
+EBTABLES_DUMP = read("tools", "ebtables-nft-save.txt")
+
+
+def spliced_error(dump: str, old: str, new: str, family: str = "ipv4") -> str | None:
+    """The error of the rule `old` becomes once `new` replaces it in a real dump."""
+    assert old in dump, old
+    text = dump.replace(old, new, 1)
+    ruleset = parse_ebtables_save(text) if family == "bridge" else parse_iptables_save(text, family)
+    found = [r for r in rules(ruleset) if r.text == new.strip()]
+    assert len(found) == 1, new
+    return found[0].error
+
+
+def first_rule_with(dump: str, *words: str) -> str:
+    return next(line for line in dump.splitlines() if all(w in line for w in words))
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "said"),
+    [
+        ("172.17.0.3/32", "172.17.0.3/33", "prefix too long"),
+        ("172.17.0.3/32", "172.17.0.333/32", "not an address"),
+        ("172.17.0.3/32", "fd00::3/128", "not an IPv4 address"),
+        ("172.17.0.3/32", "172.17.0.3/255.0.256.0", "mask"),
+        ("--dport 80", "--dport 99999", "not a port"),
+        ("--dport 80", "--dport 80:22", "not a port"),
+        ("--dport 80", "--dport http", "not a port"),
+        ("-p tcp", "-p tcpx", "not a protocol"),
+        ("-p tcp", "-p 256", "not a protocol"),
+        ("-i docker0", "-i abcdefghijklmnop", "not an interface name"),
+        ("RELATED,ESTABLISHED", "RELATED,ESTABLISHED,BOGUS", "conntrack states"),
+    ],
+)
+def test_value_the_kernel_could_never_print_is_a_rule_error(old, new, said) -> None:
+    line = first_rule_with(NFT_DUMP, old)
+    error = spliced_error(NFT_DUMP, line, line.replace(old, new, 1))
+    assert error is not None and said in error
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("172.17.0.3/32", "172.17.0.3/255.0.255.0"),  # non-contiguous masks are printed dotted
+        ("172.17.0.3/32", "172.17.0.0/0"),
+        ("--dport 80", "--dport 0:65535"),
+        ("-p tcp", "-p 47"),
+        ("-p tcp", "-p gre"),
+        ("-i docker0", "-i abcdefghijklmn+"),  # 15 characters, '+' included
+        ("RELATED,ESTABLISHED", "UNTRACKED,DNAT"),
+    ],
+)
+def test_values_the_kernel_prints_are_not_errors(old, new) -> None:
+    line = first_rule_with(NFT_DUMP, old)
+    assert spliced_error(NFT_DUMP, line, line.replace(old, new, 1)) is None
+
+
+def test_multiport_holds_at_most_15_ports_a_range_taking_two() -> None:
+    line = first_rule_with(NFT_DUMP, "--dports")
+    old = line.split("--dports ")[1].split()[0]
+    fifteen = ",".join(str(p) for p in range(1, 16))
+    assert spliced_error(NFT_DUMP, line, line.replace(old, fifteen)) is None
+    too_many = ",".join(str(p) for p in range(1, 15)) + ",100:200"  # 14 + 2 slots
+    assert "more than 15" in (spliced_error(NFT_DUMP, line, line.replace(old, too_many)) or "")
+
+
+def test_ipv6_addresses_are_checked_against_the_ipv6_family() -> None:
+    line = first_rule_with(V6_DUMP, "-s ")
+    address = line.split("-s ")[1].split()[0]
+    assert spliced_error(V6_DUMP, line, line.replace(address, "fd00::/129"), "ipv6")
+    assert spliced_error(V6_DUMP, line, line.replace(address, "10.0.0.0/8"), "ipv6")
+    assert spliced_error(V6_DUMP, line, line.replace(address, "fd00::/64"), "ipv6") is None
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "said"),
+    [
+        ("--ip-src 172.17.0.3", "--ip-src 172.17.0.3/40", "prefix"),
+        ("--ip-src 172.17.0.3", "--ip-src fd00::3", "IPv4"),
+        ("--ip6-src fd00::/64", "--ip6-src 10.0.0.0/8", "IPv6"),
+        ("--ip-dport 80", "--ip-dport 65536", "port"),
+        ("--ip-sport 1024:65535", "--ip-sport 65535:1024", "port"),
+        ("-p IPv4 --ip-src 172.17.0.3", "-p IPv5 --ip-src 172.17.0.3", "ethertype"),
+        ("-p ARP --arp-ip-src", "-p 0x0042 --arp-ip-src", "ethertype"),
+        ("--ip-proto tcp", "--ip-proto 300", "protocol"),
+    ],
+)
+def test_ebtables_values_are_checked(old, new, said) -> None:
+    line = first_rule_with(EBTABLES_DUMP, old)
+    error = spliced_error(EBTABLES_DUMP, line, line.replace(old, new, 1), "bridge")
+    assert error is not None and said in error
+
+
+def test_ebtables_hex_ethertype_and_unknown_options_are_fine() -> None:
+    line = first_rule_with(EBTABLES_DUMP, "-p 802_1Q")
+    assert spliced_error(EBTABLES_DUMP, line, line.replace("802_1Q", "0x8100"), "bridge") is None
+    # --vlan-id is not decided by the evaluator: not checked, the rule stays a rule.
+    assert spliced_error(EBTABLES_DUMP, line, line.replace("10", "99999"), "bridge") is None
+
+
+def test_a_rule_with_bytes_that_are_not_text_is_an_error() -> None:
+    line = first_rule_with(NFT_DUMP, "--dport 80")
+    error = spliced_error(NFT_DUMP, line, line.replace("-j", "-m foo --bar \udcff -j", 1))
+    assert error == "holds bytes that are not text"
+
+
+# ---- a dump cut short --------------------------------------------------------------------------
+
+
+def test_missing_completed_after_the_last_commit_is_an_unknown_line() -> None:
+    lines = NFT_DUMP.splitlines(keepends=True)
+    assert lines[-1].startswith("# Completed")
+    cut = parse_iptables_save("".join(lines[:-1]), "ipv4")
+    assert [(u.number, u.table) for u in cut.unknown_lines] == [(len(lines), "nat")]
+    assert "no '# Completed' line" in cut.unknown_lines[0].reason
+    assert parse_iptables_save(NFT_DUMP, "ipv4").unknown_lines == ()
+
+
+def test_missing_commit_names_the_table_and_says_cut_short() -> None:
+    text = NFT_DUMP[: NFT_DUMP.rindex("COMMIT")]
+    (line,) = parse_iptables_save(text, "ipv4").unknown_lines
+    assert line.reason == "table nat has no COMMIT (dump cut short)" and line.table == "nat"
+
+
+def test_ebtables_nft_table_without_completed_is_cut_short() -> None:
+    cut = EBTABLES_DUMP[: EBTABLES_DUMP.rindex("# Completed")]
+    (line,) = parse_ebtables_save(cut).unknown_lines
+    assert line.table == "nat" and "dump cut short" in line.reason
+
+
+def test_dumps_without_completed_lines_are_not_held_to_them() -> None:
+    legacy_perl = read("tools", "ebtables-legacy-save-reconstructed.txt")
+    assert parse_ebtables_save(legacy_perl).unknown_lines == ()
+    headerless = "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n"  # libiptc's rendering prints none
+    assert parse_iptables_save(headerless, "ipv4").unknown_lines == ()
+
+
+def test_rules_carry_their_line_number_outside_their_identity() -> None:
+    ruleset = parse_iptables_save(NFT_DUMP, "ipv4")
+    lines = NFT_DUMP.splitlines()
+    for r in rules(ruleset):
+        assert lines[r.line - 1].strip() == r.text
+    moved = parse_iptables_save("\n" + NFT_DUMP, "ipv4")
+    assert moved.tables == ruleset.tables
+
+
+# ---- ipset and nft JSON ------------------------------------------------------------------------
+
+IPSET_DUMP = read("tools", "ipset-save.txt")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "said"),
+    [
+        ("add dnp-allow 172.17.0.3", "add dnp-allow 172.17.0.333", "not an address"),
+        ("add dnp-nets 10.0.0.0/8", "add dnp-nets 10.0.0.0/33", "prefix"),
+        ("add dnp-v6 fd00::2", "add dnp-v6 10.0.0.2", "IPv6"),
+        ("add dnp-bitmap 172.17.0.5", "add dnp-bitmap fd00::5", "IPv4"),
+        ("create dnp-empty hash:ip", "create dnp-empty hash:bogus", "unknown type"),
+        ("family inet hashsize 1024 maxelem 65536 bucketsize 12 initval 0x59cae61f",
+         "family inet7 hashsize 1024", "unknown type or family"),
+    ],
+)  # fmt: skip
+def test_ipset_values_the_kernel_could_never_print_raise(old, new, said) -> None:
+    assert old in IPSET_DUMP
+    with pytest.raises(ValueError, match=said):
+        parse_ipset_save(IPSET_DUMP.replace(old, new, 1))
+
+
+def test_ipset_members_of_other_types_are_not_checked() -> None:
+    sets = parse_ipset_save(IPSET_DUMP)
+    assert sets["dnp-ports"].members == ("172.17.0.2,udp:53", "172.17.0.2,tcp:80")
+
+
+@pytest.mark.parametrize(
+    ("document", "said"),
+    [
+        ('{"nftables": [1]}', "not an object"),
+        ('{"nftables": [{"table": {"family": "ip", "name": "x"}, "chain": {}}]}', "one kind"),
+        ('{"nftables": [{"tabel": {"family": "ip", "name": "x"}}]}', "unknown kind"),
+        ('{"nftables": [{"table": ["ip", "x"]}]}', "not an object"),
+        ('{"nftables": [{"table": {"family": "ip"}}]}', "has no name"),
+        ('{"nftables": [{"table": {"family": 2, "name": "x"}}]}', "family is not a str"),
+        ('{"nftables": [{"table": {"family": "ipx", "name": "x"}}]}', "not an nftables family"),
+        ('{"nftables": [{"chain": {"family": "ip", "table": "t", "name": "c", "hook": 1}}]}',
+         "hook is not a str"),
+        ('{"nftables": [{"chain": {"family": "ip", "table": "t", "name": "c", "prio": "0"}}]}',
+         "prio is not a int"),
+        ('{"nftables": [{"chain": {"family": "ip", "table": "t", "name": "c", "prio": true}}]}',
+         "prio is not a int"),
+    ],
+)  # fmt: skip
+def test_nft_document_nft_could_not_have_printed_raises(document, said) -> None:
+    with pytest.raises(ValueError, match=said):
+        parse_nft_ruleset(document)
+
+
+def test_nft_lists_every_table() -> None:
+    info = parse_nft_ruleset(read("tools", "nft-ruleset-iptables-only.json"))
+    assert set(info.tables) == {"ip filter", "bridge filter"}
+    assert "ip filter" in parse_nft_ruleset(read("tools", "nft-ruleset.json")).tables

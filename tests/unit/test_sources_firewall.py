@@ -47,12 +47,14 @@ def tool(
     bin_dir.mkdir(parents=True, exist_ok=True)
     data = bin_dir / f"{name}.out"
     data.write_text(output)
+    errors = bin_dir / f"{name}.err"
+    errors.write_text(stderr + "\n" if stderr else "")
     script = bin_dir / name
     script.write_text(
         "#!/bin/sh\n"
         + (f"/bin/sleep {sleep}\n" if sleep else "")
         + f"/bin/cat '{data}'\n"
-        + (f"echo '{stderr}' >&2\n" if stderr else "")
+        + f"/bin/cat '{errors}' >&2\n"
         + f"exit {exit_code}\n"
     )
     script.chmod(0o755)
@@ -67,7 +69,10 @@ def bin_dir(tmp_path, monkeypatch) -> Path:
 
 
 def iptables(bin_dir: Path, backend="auto", family="ipv4", timeout=5.0) -> IptablesSource:
-    return IptablesSource(family, backend, timeout, path=str(bin_dir))
+    """A source on the fake tools; its procfs is an empty dir: no legacy table is loaded."""
+    procfs = bin_dir.parent / "proc"
+    procfs.mkdir(exist_ok=True)
+    return IptablesSource(family, backend, timeout, path=str(bin_dir), procfs=str(procfs))
 
 
 # -- backend choice ----------------------------------------------------------------------------
@@ -77,14 +82,24 @@ def test_auto_takes_the_backend_holding_dockers_chains(bin_dir):
     tool(bin_dir, "iptables-nft-save", NFT_DUMP)
     tool(bin_dir, "iptables-legacy-save", "")
     files = iptables(bin_dir).fetch()
-    assert files == {"iptables-save.txt": NFT_DUMP, "firewall-backend.txt": "nft\n"}
+    assert files == {
+        "iptables-save.txt": NFT_DUMP,
+        "firewall-backend.txt": "nft\n",
+        "iptables-legacy-save.txt": "",  # kept though empty: its tables are checked against nft's
+        "iptables-legacy-tables.txt": "",
+    }
 
 
 def test_auto_finds_legacy_and_skips_an_nft_dump_with_only_a_warning(bin_dir):
     tool(bin_dir, "iptables-nft-save", NFT_WARNING_ONLY)
     tool(bin_dir, "iptables-legacy-save", LEGACY_DUMP)
     files = iptables(bin_dir).fetch()
-    assert files == {"iptables-save.txt": LEGACY_DUMP, "firewall-backend.txt": "legacy\n"}
+    assert files == {
+        "iptables-save.txt": LEGACY_DUMP,
+        "firewall-backend.txt": "legacy\n",
+        "iptables-nft-save.txt": NFT_WARNING_ONLY,
+        "iptables-legacy-tables.txt": "",
+    }
 
 
 def test_auto_keeps_the_other_backend_when_it_holds_rules(bin_dir):
@@ -139,7 +154,11 @@ def test_only_backend_empty_is_kept_not_hidden(bin_dir):
     tool(bin_dir, "iptables-nft-save", "")
     source = iptables(bin_dir)
     files = source.fetch()
-    assert files == {"iptables-save.txt": "", "firewall-backend.txt": "nft\n"}
+    assert files == {
+        "iptables-save.txt": "",
+        "firewall-backend.txt": "nft\n",
+        "iptables-legacy-tables.txt": "",
+    }
     read = source.parse(files)
     assert read.primary is None
     assert len(read.rulesets) == 1 and read.rulesets[0].backend == "nft"
@@ -169,6 +188,7 @@ def test_ipv6_file_names(bin_dir):
         "ip6tables-save.txt",
         "ip6tables-legacy-save.txt",
         "firewall-backend-ipv6.txt",
+        "ip6tables-legacy-tables.txt",
     }
 
 
@@ -384,3 +404,167 @@ def test_nft_missing_without_module_is_empty_with_module_an_error(bin_dir, tmp_p
 def test_garbled_nft_json_is_a_source_error():
     with pytest.raises(SourceError, match="nftables: nft-ruleset.json"):
         NftablesSource(1.0).parse({"nft-ruleset.json": "table ip filter {"})
+
+
+# -- stderr on exit 0 ----------------------------------------------------------------------------
+
+TOOLS = Path(__file__).resolve().parents[1] / "fixtures" / "tools"
+LEGACY_WARNING = (TOOLS / "iptables-nft-save.stderr.txt").read_text().strip()
+
+
+def test_the_legacy_tables_warning_on_stderr_is_benign(bin_dir):
+    tool(bin_dir, "iptables-nft-save", NFT_DUMP, stderr=LEGACY_WARNING)
+    assert iptables(bin_dir, "nft").fetch()["iptables-save.txt"] == NFT_DUMP
+
+
+def test_a_table_iptables_nft_save_skipped_fails_the_source(bin_dir):
+    tool(
+        bin_dir,
+        "iptables-nft-save",
+        NFT_DUMP,
+        stderr="table `filter' is incompatible, use 'nft' tool.",
+    )
+    with pytest.raises(SourceError) as caught:
+        iptables(bin_dir, "nft").fetch()
+    assert str(caught.value).startswith(
+        "iptables: iptables-nft-save exited 0 but printed on stderr: "
+        "\"table `filter' is incompatible, use 'nft' tool.\""
+    )
+
+
+def test_benign_lines_are_per_tool(bin_dir, tmp_path):
+    # The iptables warning means nothing coming from ebtables: it fails that source.
+    tool(bin_dir, "ebtables-nft-save", EBTABLES, stderr=LEGACY_WARNING)
+    with pytest.raises(SourceError, match="^ebtables: ebtables-nft-save exited 0 but printed"):
+        EbtablesSource(1.0, path=str(bin_dir), sysfs=str(tmp_path)).fetch()
+    tool(bin_dir, "nft", NFT_EMPTY, stderr="Error: some warning")
+    with pytest.raises(SourceError, match="^nftables: nft -j list ruleset exited 0 but"):
+        NftablesSource(1.0, path=str(bin_dir), sysfs=str(tmp_path)).fetch()
+
+
+# -- a dump that is not whole fails the source ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("file", "backend"),
+    [("iptables-save.txt", "nft\n"), ("iptables-legacy-save.txt", "nft\n")],
+)
+def test_a_dump_cut_short_fails_the_source_naming_file_table_and_line(file, backend):
+    files = {"iptables-save.txt": NFT_DUMP, "firewall-backend.txt": backend}
+    text = LEGACY_DUMP if file != "iptables-save.txt" else NFT_DUMP
+    cut = text[: text.rindex("COMMIT")]
+    files[file] = cut
+    with pytest.raises(SourceError) as caught:
+        IptablesSource("ipv4").parse(files)
+    number = len(cut.splitlines()) + 1
+    last_table = [line for line in cut.splitlines() if line.startswith("*")][-1][1:]
+    assert str(caught.value) == (
+        f"iptables: {file} line {number}: table {last_table} has no COMMIT (dump cut short); "
+        "no verdict from it"
+    )
+
+
+def test_a_line_no_save_tool_prints_fails_the_source():
+    text = NFT_DUMP.replace(":DOCKER-USER - [0:0]\n", ":DOCKER-USER - [0:0]\nflush ruleset\n")
+    with pytest.raises(SourceError) as caught:
+        IptablesSource("ipv4").parse({"iptables-save.txt": text})
+    message = str(caught.value)
+    assert message.startswith("iptables: iptables-save.txt line ")
+    assert "table filter: not an iptables-save/ebtables-save line: 'flush ruleset'" in message
+    assert message.endswith("; dump not whole, no verdict from it")
+
+
+def test_a_rule_that_cannot_be_parsed_fails_the_source():
+    text = NFT_DUMP.replace("-A DOCKER-USER -j RETURN", "-A DOCKER-USER -j RETURN !")
+    with pytest.raises(SourceError, match=r"table filter chain DOCKER-USER: rule not understood"):
+        IptablesSource("ipv4").parse({"iptables-save.txt": text})
+
+
+def test_an_unknown_match_module_stays_a_rule():
+    text = NFT_DUMP.replace(
+        "-A DOCKER-USER -j RETURN", "-A DOCKER-USER -m bpf --bytecode '4,48 0 0 9' -j RETURN"
+    )
+    read = IptablesSource("ipv4").parse({"iptables-save.txt": text})
+    rules = read.rulesets[0].chain("filter", "DOCKER-USER").rules
+    assert rules[0].error is None and rules[0].matches[-1].module == "bpf"
+
+
+def test_ip6tables_and_the_other_backend_are_held_to_the_same(tmp_path):
+    v6 = (TOOLS / "ip6tables-nft-save.txt").read_text()
+    with pytest.raises(SourceError, match=r"^ip6tables: ip6tables-save.txt line \d+: .*prefix"):
+        IptablesSource("ipv6").parse({"ip6tables-save.txt": v6.replace("::3/128", "::3/129", 1)})
+    files = {
+        "iptables-save.txt": NFT_DUMP,
+        "firewall-backend.txt": "nft\n",
+        "iptables-legacy-save.txt": LEGACY_DUMP.replace("-A", "-X", 1),
+    }
+    with pytest.raises(SourceError, match=r"^iptables: iptables-legacy-save.txt line \d+: "):
+        IptablesSource("ipv4").parse(files)
+
+
+def test_both_ebtables_files_must_be_whole():
+    source = EbtablesSource(1.0)
+    with pytest.raises(
+        SourceError, match=r"^ebtables: ebtables-save.txt line 6: table filter: not text: '\\udcff'"
+    ):
+        source.parse({"ebtables-save.txt": EBTABLES + "\udcff\n"})
+    bad = EBTABLES.replace("-p IPv4", "-p IPv4 --ip-dst 10.0.0.0/99")
+    with pytest.raises(SourceError, match=r"^ebtables: ebtables-legacy-save.txt line 5: "):
+        source.parse({"ebtables-save.txt": "", "ebtables-legacy-save.txt": bad})
+
+
+# -- the kernel's list of legacy tables ----------------------------------------------------------
+
+
+def test_fetch_records_the_legacy_table_list(bin_dir):
+    tool(bin_dir, "iptables-nft-save", NFT_DUMP)
+    tool(bin_dir, "iptables-legacy-save", LEGACY_DUMP)
+    source = iptables(bin_dir)
+    names = Path(source.procfs) / "net" / "ip_tables_names"
+    names.parent.mkdir()
+    names.write_text("nat\nfilter\n")
+    files = source.fetch()
+    assert files["iptables-legacy-tables.txt"] == "nat\nfilter\n"
+    assert [r.backend for r in source.parse(files).rulesets] == ["nft", "legacy"]
+
+
+def test_a_legacy_table_the_kernel_lists_but_the_dump_lacks_fails_the_source():
+    files = {
+        "iptables-save.txt": NFT_DUMP,
+        "firewall-backend.txt": "nft\n",
+        "iptables-legacy-save.txt": LEGACY_DUMP,
+        "iptables-legacy-tables.txt": "filter\nnat\nraw\n",
+    }
+    with pytest.raises(SourceError) as caught:
+        IptablesSource("ipv4").parse(files)
+    assert str(caught.value) == (
+        "iptables: iptables-legacy-save.txt printed no table raw that "
+        "iptables-legacy-tables.txt lists: dump cut short; no verdict from it"
+    )
+    del files["iptables-legacy-save.txt"]
+    with pytest.raises(SourceError, match="no iptables-legacy-save output was read"):
+        IptablesSource("ipv4").parse(files)
+    files["iptables-legacy-tables.txt"] = ""
+    assert len(IptablesSource("ipv4").parse(files).rulesets) == 1
+
+
+def test_an_empty_other_dump_is_kept_for_its_tables_but_adds_no_ruleset():
+    read = IptablesSource("ipv4").parse(
+        {
+            "iptables-save.txt": LEGACY_DUMP,
+            "firewall-backend.txt": "legacy\n",
+            "iptables-nft-save.txt": EMPTY_FILTER,
+        }
+    )
+    assert [r.backend for r in read.rulesets] == ["legacy"]
+    assert read.dump_tables == {"legacy": frozenset({"filter", "nat"}), "nft": {"filter"}}
+
+
+def test_a_table_iptables_nft_save_cannot_show_fails_the_source():
+    text = (TOOLS / "iptables-nft-save-incompatible.txt").read_text()
+    with pytest.raises(SourceError) as caught:
+        IptablesSource("ipv4").parse({"iptables-save.txt": text, "firewall-backend.txt": "nft\n"})
+    assert str(caught.value) == (
+        "iptables: iptables-save.txt: \"# Table `raw' contains incompatible base-chains, use "
+        "'nft' tool to list them.\": that table's rules are not in the dump; no verdict from it"
+    )

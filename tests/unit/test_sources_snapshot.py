@@ -10,7 +10,9 @@ from exporter import __version__
 from exporter.sources import build_sources
 from exporter.sources.base import SourceError
 from exporter.sources.docker import DockerSource
+from exporter.sources.firewall import IptablesSource
 from exporter.sources.snapshot import read_snapshot, write_snapshot
+from tests.unit.test_sources_firewall import LEGACY_DUMP, NFT_DUMP, tool
 
 
 def test_round_trip_is_exact(tmp_path):
@@ -98,3 +100,21 @@ def test_build_sources_order_and_settings():
     )
     assert (v4.family, v4.backend, v4.timeout) == ("ipv4", "legacy", 2.0)
     assert v6.family == "ipv6"
+
+
+def test_firewall_files_round_trip_and_parse_alike(tmp_path):
+    bin_dir, procfs = tmp_path / "bin", tmp_path / "proc"
+    tool(bin_dir, "iptables-nft-save", NFT_DUMP)
+    tool(bin_dir, "iptables-legacy-save", LEGACY_DUMP)
+    (procfs / "net").mkdir(parents=True)
+    (procfs / "net" / "ip_tables_names").write_text("filter\nnat\n")
+    source = IptablesSource("ipv4", path=str(bin_dir), procfs=str(procfs))
+    live = source.fetch()
+    assert live["iptables-legacy-tables.txt"] == "filter\nnat\n"
+    write_snapshot(tmp_path / "s", live, {})
+    offline = read_snapshot(tmp_path / "s")
+    assert source.parse(offline) == source.parse(live)
+    # A snapshot whose legacy dump lost a table the kernel listed fails offline as it would live.
+    offline["iptables-legacy-tables.txt"] += "raw\n"
+    with pytest.raises(SourceError, match="printed no table raw"):
+        source.parse(offline)
