@@ -27,10 +27,11 @@ the WSGI gateway) with our own accept loop and one thread per connection, bounde
 - the cap is lowered to leave `FD_RESERVE` descriptors of RLIMIT_NOFILE to the checks.
 
 waitress (connection_limit, channel_timeout) cannot serve TLS, which a later --web.config.file
-needs; cheroot can, but would be a new dependency for what fifty lines of ours do here. TLS later:
-wrap `server.socket` with `ssl_context.wrap_socket(..., server_side=True,
-do_handshake_on_connect=False)` and do the handshake in the connection's thread under the header
-deadline, so a slow handshake never blocks the accept loop.
+needs; cheroot can, but would be a new dependency for what a hundred lines of ours do here. TLS
+later: before serve_forever(), `server.socket = ssl_context.wrap_socket(server.socket,
+server_side=True, do_handshake_on_connect=False)`. OpenSSL then runs the handshake on the
+connection's first read, in its own thread and under the header deadline, so a slow or silent TLS
+client never blocks the accept loop (tried by hand: a silent TLS client is cut at the deadline).
 
 Scrapes are cheap: every series is built from one immutable `Latest.snapshot()`, so the exposition
 is rendered once per view, content type (prometheus_client's negotiation: text or OpenMetrics) and
@@ -80,6 +81,8 @@ LISTEN_BACKLOG = 1024
 FD_RESERVE = 128
 # Longer request lines get 414 (as wsgiref does).
 MAX_REQUEST_LINE = 65536
+# Bytes of a response gathered before a send (headers and a small body go out together).
+WRITE_BUFFER = 64 * 1024
 
 
 class BindError(Exception):
@@ -137,10 +140,11 @@ class ExpositionCache:
     """The registry's exposition, rendered once per LatestView, content type and gzip.
 
     The bytes stored for a view come from a render that started after that view was taken, so
-    they are of that view or a newer one: a scrape never gets data older than the view it saw.
-    Renders are serialised, so the scrapes that arrive together after a publish cost one render
-    per encoding, not one each. The cache assumes every series in the registry derives from the
-    view (true of NetpolicyCollector); a collector with live values would be frozen per report.
+    they are of that view or a newer one: a scrape never gets data older than the view it saw
+    when it arrived. Renders are serialised, so the scrapes that arrive together after a publish
+    cost one render per encoding, not one each (two when a publish lands mid-render). The cache
+    assumes every series in the registry derives from the view (true of NetpolicyCollector); a
+    collector with live values would be frozen per report.
     """
 
     def __init__(self, registry: Collector, latest: Latest) -> None:
@@ -158,11 +162,13 @@ class ExpositionCache:
         encoder, content_type = choose_encoder(accept or "")
         compress = gzip_accepted(accept_encoding or "")
         key = (content_type, compress)
-        view = self._latest.snapshot()
-        body = self._cached(view, key)
+        body = self._cached(self._latest.snapshot(), key)
         if body is None:
             with self._render_lock:
-                body = self._cached(view, key)  # rendered while we waited for the lock
+                # The newest view, taken under the lock: what is stored only moves forward, and a
+                # scrape that waited here serves what the scrape before it just rendered.
+                view = self._latest.snapshot()
+                body = self._cached(view, key)
                 if body is None:
                     body = encoder(self._registry)
                     body = gzip.compress(body) if compress else body
@@ -306,7 +312,10 @@ class _ConnectionHandler(WSGIRequestHandler):
         deadline = time.monotonic() + self.server.read_header_timeout
         self.connection = self.request
         self.rfile = io.BufferedReader(_DeadlineReader(self.connection, deadline))
-        self.wfile = _DeadlineWriter(self.connection, self.server.write_timeout)
+        # Buffered: status line, headers and a small body leave in one send, not three.
+        self.wfile = io.BufferedWriter(
+            _DeadlineWriter(self.connection, self.server.write_timeout), WRITE_BUFFER
+        )
 
     def handle(self) -> None:
         # wsgiref's handle(), with our ServerHandler (no traceback on stderr).
@@ -324,7 +333,8 @@ class _ConnectionHandler(WSGIRequestHandler):
         handler.run(self.server.get_app())
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        log.debug("http request", extra={"client": self.address_string(), "req": format % args})
+        if log.isEnabledFor(logging.DEBUG):  # formatting costs on every scrape otherwise
+            log.debug("http request", extra={"client": self.address_string(), "req": format % args})
 
 
 class ScrapeServer(WSGIServer):
