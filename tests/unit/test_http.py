@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import http.client
+import resource
 import select
 import socket
 import threading
@@ -17,7 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from exporter.collector import NetpolicyCollector
 from exporter.config import ListenAddress, parse_listen_address
-from exporter.http import BindError, make_app, make_server
+from exporter.http import FD_RESERVE, BindError, make_app, make_server
 from exporter.latest import Latest
 from exporter.report import Report, SourceStatus
 
@@ -362,3 +363,19 @@ def test_landing_page_shows_the_newest_error_of_a_source(serve):
     page = get(serve(latest=latest) + "/")[2]
     assert "<tr><td>docker</td><td>down</td><td>new failure</td>" in page
     assert "2023-11-14 22:14:20 UTC" in page and "old failure" not in page
+
+
+def test_connection_cap_leaves_descriptors_for_the_checks(caplog):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (400, hard))
+    try:
+        server = make_server(
+            ListenAddress("127.0.0.1", 0),
+            make_app(CollectorRegistry(), latest=Latest(), health=lambda: (True, "ok")),
+            max_connections=512,
+        )
+        server.server_close()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert server.max_connections == 400 - FD_RESERVE
+    assert "serving at most 272 connections, not 512" in caplog.text
