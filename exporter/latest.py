@@ -16,6 +16,8 @@ Counting rules (the counters behind the `*_total` metrics):
   (counters reset with the process; `rate()`/`increase()` handle that). Every kind in
   `FINDING_KINDS` starts at 0.
 - `last_success`: `started` of the newest report with `up=True`; None until there is one.
+- `last_errors[source]`: the newest error of each source and the `started` of the check that met
+  it. Kept after the source recovers, so the landing page can say why it failed last time.
 """
 
 from __future__ import annotations
@@ -29,6 +31,14 @@ from exporter.report import FINDING_KINDS, Report
 
 
 @dataclass(frozen=True)
+class LastError:
+    """The newest error a source gave, and when (`started` of that check, Unix seconds)."""
+
+    message: str
+    at: float
+
+
+@dataclass(frozen=True)
 class LatestView:
     """One consistent view for one scrape."""
 
@@ -37,6 +47,7 @@ class LatestView:
     check_errors_total: Mapping[str, int]
     drift_events_total: Mapping[str, int]
     last_success: float | None
+    last_errors: Mapping[str, LastError]
 
 
 class Latest:
@@ -50,6 +61,7 @@ class Latest:
         self._check_errors: dict[str, int] = {}
         self._drift_events: dict[str, int] = dict.fromkeys(FINDING_KINDS, 0)
         self._last_success: float | None = None
+        self._last_errors: dict[str, LastError] = {}
         self._view = self._make_view()
 
     def publish(self, report: Report) -> None:
@@ -58,6 +70,9 @@ class Latest:
             for source in report.sources:
                 count = self._check_errors.get(source.name, 0)
                 self._check_errors[source.name] = count if source.up else count + 1
+                if not source.up:
+                    message = source.error or "could not be read (no reason given)"
+                    self._last_errors[source.name] = LastError(message, report.started)
             if report.evaluated:
                 identities = set()
                 for finding in report.findings:
@@ -89,4 +104,5 @@ class Latest:
             check_errors_total=MappingProxyType(dict(self._check_errors)),
             drift_events_total=MappingProxyType(dict(self._drift_events)),
             last_success=self._last_success,
+            last_errors=MappingProxyType(dict(self._last_errors)),
         )
