@@ -49,11 +49,13 @@ from exporter.config import (
     IPTABLES_BACKENDS,
     LOG_FORMATS,
     LOG_LEVELS,
+    WEB_TIMEOUT_RANGE,
     CheckConfig,
     DurationRange,
     ExporterConfig,
     format_duration,
     parse_listen_address,
+    parse_max_connections,
     parse_telemetry_path,
 )
 from exporter.http import BindError, make_app, make_server
@@ -180,6 +182,25 @@ GLOBAL_FLAGS: tuple[Flag, ...] = (
         "path of the metrics endpoint",
         "PATH",
         parse=parse_telemetry_path,
+    ),
+    Flag(
+        "--web.max-connections",
+        "web_max_connections",
+        "open connections at most; further ones wait in the listen queue",
+        "N",
+        parse=parse_max_connections,
+    ),
+    Flag(
+        "--web.read-header-timeout",
+        "web_read_header_timeout",
+        "total time for a request's line and headers to arrive",
+        duration=WEB_TIMEOUT_RANGE,
+    ),
+    Flag(
+        "--web.write-timeout",
+        "web_write_timeout",
+        "total time to send one response",
+        duration=WEB_TIMEOUT_RANGE,
     ),
     Flag("--log.level", "log_level", "log level", choices=LOG_LEVELS),
     Flag("--log.format", "log_format", "log format", choices=LOG_FORMATS),
@@ -457,7 +478,9 @@ def _serve(
     watch_events: bool,
 ) -> int:
     latest = Latest()
-    registry = CollectorRegistry(auto_describe=False)
+    # The collector describes nothing (its families depend on the report), so `name[]` filters
+    # need a registry that still asks it.
+    registry = CollectorRegistry(auto_describe=False, support_collectors_without_names=True)
     registry.register(NetpolicyCollector(latest))
     check_config = cfg.check_config()
     scheduler = CheckScheduler(
@@ -471,7 +494,13 @@ def _serve(
         registry, latest=latest, health=scheduler.health, telemetry_path=cfg.telemetry_path
     )
     try:
-        server = make_server(cfg.listen_address, app)
+        server = make_server(
+            cfg.listen_address,
+            app,
+            max_connections=cfg.web_max_connections,
+            read_header_timeout=cfg.web_read_header_timeout,
+            write_timeout=cfg.web_write_timeout,
+        )
     except BindError as exc:
         log.error(str(exc))
         return EXIT_ERROR

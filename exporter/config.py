@@ -75,6 +75,12 @@ class ExporterConfig:
         default_factory=lambda: parse_listen_address(DEFAULT_LISTEN_ADDRESS)
     )
     telemetry_path: str = "/metrics"
+    # Prometheus' --web.max-connections default; lowered at start to leave descriptors to checks.
+    web_max_connections: int = 512
+    # Total time for a request's line and headers to arrive; a real scraper needs milliseconds.
+    web_read_header_timeout: float = 10.0
+    # Total time to send one response (~100 kB) to a client that does not read.
+    web_write_timeout: float = 10.0
     log_level: str = "info"
     log_format: str = "logfmt"
 
@@ -167,6 +173,19 @@ CHECK_TIMEOUT_RANGE = DurationRange(0.1, 3600.0)
 # 0: check at once on an event; an hour of delay is the most that still means "soon".
 CHECK_DEBOUNCE_RANGE = DurationRange(0.0, 3600.0)
 DOCKER_TIMEOUT_RANGE = DurationRange(0.1, 600.0)
+WEB_TIMEOUT_RANGE = DurationRange(0.1, 600.0)
+WEB_MAX_CONNECTIONS_RANGE = (1, 65535)
+
+
+def parse_max_connections(text: str) -> int:
+    low, high = WEB_MAX_CONNECTIONS_RANGE
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ValueError(f"invalid number of connections {text!r}") from None
+    if not low <= value <= high:
+        raise ValueError(f"number of connections {value} is out of range {low}..{high}")
+    return value
 
 
 def parse_listen_address(text: str) -> ListenAddress:

@@ -61,20 +61,19 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.registry import Collector
 
 from exporter import __version__
-from exporter.config import ListenAddress
+from exporter.config import ExporterConfig, ListenAddress
 from exporter.latest import Latest, LatestView
+from exporter.render import format_utc
 
 log = logging.getLogger(__name__)
 
 HealthFn = Callable[[], tuple[bool, str]]
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
-# Open connections at most (Prometheus' --web.max-connections default).
-MAX_CONNECTIONS = 512
-# Seconds for the request line and headers to arrive, in total; a real scraper needs milliseconds.
-READ_HEADER_TIMEOUT = 10.0
-# Seconds to send one response, in total; ~100 kB to a client that does not read.
-WRITE_TIMEOUT = 10.0
+# The flags' defaults (see ExporterConfig for why these values).
+MAX_CONNECTIONS = ExporterConfig.web_max_connections
+READ_HEADER_TIMEOUT = ExporterConfig.web_read_header_timeout
+WRITE_TIMEOUT = ExporterConfig.web_write_timeout
 # Pending connections the kernel may queue (it caps this at net.core.somaxconn).
 LISTEN_BACKLOG = 1024
 # Descriptors of RLIMIT_NOFILE kept for the checks (docker API, subprocess pipes, logs).
@@ -203,10 +202,6 @@ def _reply(
     return [data]
 
 
-def _utc(seconds: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
-
-
 def _landing_page(view: LatestView, telemetry_path: str, version: str) -> str:
     report = view.report
     if report is None:
@@ -217,7 +212,7 @@ def _landing_page(view: LatestView, telemetry_path: str, version: str) -> str:
             drift = "drift: yes" if report.drift else "drift: no"
         else:
             drift = "not evaluated"
-        last = f"{_utc(report.started)}, {state}, {drift}"
+        last = f"{format_utc(report.started)}, {state}, {drift}"
     path = html.escape(telemetry_path, quote=True)
     return (
         '<!DOCTYPE html>\n<html>\n<head><meta charset="utf-8">'
@@ -245,7 +240,7 @@ def _sources_table(view: LatestView) -> str:
         status = in_last.get(name)
         state = "not read" if status is None else ("up" if status.up else "down")
         error = view.last_errors.get(name)
-        message, when = (error.message, _utc(error.at)) if error else ("none", "")
+        message, when = (error.message, format_utc(error.at)) if error else ("none", "")
         cells = "".join(f"<td>{html.escape(text)}</td>" for text in (name, state, message, when))
         rows.append(f"<tr>{cells}</tr>\n")
     return (

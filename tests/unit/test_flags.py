@@ -7,7 +7,14 @@ import pytest
 from exporter.cli import GLOBAL_FLAGS, build_parser, config_from_args, main
 from exporter.config import ExporterConfig, ListenAddress, format_duration, parse_duration
 
-DURATION_FLAGS = ("--docker.timeout", "--check.interval", "--check.timeout", "--check.debounce")
+DURATION_FLAGS = (
+    "--docker.timeout",
+    "--check.interval",
+    "--check.timeout",
+    "--check.debounce",
+    "--web.read-header-timeout",
+    "--web.write-timeout",
+)
 ABSURD = ("1e10", "100000000h", "nan", "inf", "-1", "0", "", "1e-9")
 # Where a global flag can stand: before any subcommand, or after each one.
 PLACES = {
@@ -123,6 +130,9 @@ SAMPLES = {
     "--expect.iptables": ("enabled", "enabled"),
     "--web.listen-address": ("127.0.0.1:9100", ListenAddress("127.0.0.1", 9100)),
     "--web.telemetry-path": ("/m", "/m"),
+    "--web.max-connections": ("64", 64),
+    "--web.read-header-timeout": ("2s", 2.0),
+    "--web.write-timeout": ("3s", 3.0),
     "--log.level": ("debug", "debug"),
     "--log.format": ("json", "json"),
 }
@@ -156,3 +166,12 @@ def test_unknown_flags_anywhere_are_named(argv, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.splitlines() == ["docker-netpolicy-exporter: error: unknown flag --nope; see --help"]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "65536", "1e3", "many", ""])
+def test_bad_max_connections_exit_2_with_one_line(value, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--web.max-connections", value], run_check_factory=refuse_to_run, env={})
+    assert info.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "--web.max-connections" in lines[0]
