@@ -28,7 +28,7 @@ def table_text(
     policies: dict[str, str] | None = None,
     user_chains: tuple[str, ...] = (),
 ) -> str:
-    """One `*table ... COMMIT` block; user chains are the ones rules name with -A but not builtin."""
+    """One `*table ... COMMIT` block declaring builtin chains and every other chain named."""
     policies = policies or {}
     named = {line.split()[1] for line in rules} | set(user_chains)
     lines = [f"*{table}"]
@@ -78,9 +78,17 @@ def packet(
 
 def reply_of(first: Packet) -> Packet:
     return Packet(
-        first.family, first.dst, first.src, first.out_iface, first.in_iface, first.protocol,
-        first.dport, first.sport, "ESTABLISHED", reply=True,
-    )  # fmt: skip
+        first.family,
+        first.dst,
+        first.src,
+        first.out_iface,
+        first.in_iface,
+        first.protocol,
+        first.dport,
+        first.sport,
+        "ESTABLISHED",
+        reply=True,
+    )
 
 
 def inputs(
@@ -143,7 +151,9 @@ def one_by_one(
                 continue
             ports = [(p.protocol, p.port, p.port) for p in target.container.exposed]
             for protocol, port, label in ports or [("tcp", probe, None)]:
-                packets = flow_packets(source, target, protocol, port, expectation.network.bridge, arp)
+                packets = flow_packets(
+                    source, target, protocol, port, expectation.network.bridge, arp
+                )
                 verdict = combined([evaluate_packet(p, path) for p in packets])
                 key = (source.container.name, target.container.name, protocol, label)
                 found[key] = verdict.value

@@ -14,10 +14,12 @@ from tests.unit.core_builders import NO_SETS, ebtables, inputs, packet, reply_of
 FIRST = packet()  # 172.17.0.3 -> 172.17.0.2 tcp/80 on docker0, NEW
 
 
-def outcomes(*rules: str, policy: str = "ACCEPT", table: str = "filter", chain: str = "FORWARD",
-             pkt=FIRST):  # fmt: skip
-    found, undecided = walk_stage(ruleset(*rules, policy=policy, table=table), table, chain, pkt,
-                                  NO_SETS)  # fmt: skip
+def outcomes(
+    *rules: str, policy: str = "ACCEPT", table: str = "filter", chain: str = "FORWARD", pkt=FIRST
+):
+    found, undecided = walk_stage(
+        ruleset(*rules, policy=policy, table=table), table, chain, pkt, NO_SETS
+    )
     return [(o.kind, o.reason) for o in found], undecided
 
 
@@ -29,8 +31,9 @@ def kinds(*rules: str, **kw) -> list[str]:
 
 
 def test_first_matching_terminal_target_decides():
-    assert kinds("-A FORWARD -d 172.17.0.9/32 -j DROP", "-A FORWARD -j ACCEPT",
-                 "-A FORWARD -j DROP") == ["ACCEPT"]  # fmt: skip
+    assert kinds(
+        "-A FORWARD -d 172.17.0.9/32 -j DROP", "-A FORWARD -j ACCEPT", "-A FORWARD -j DROP"
+    ) == ["ACCEPT"]
     assert kinds("-A FORWARD -p tcp -j REJECT", "-A FORWARD -j ACCEPT") == ["DROP"]
 
 
@@ -72,8 +75,9 @@ def test_return_from_a_goto_chain_returns_from_the_chain_that_did_the_goto():
     )
     assert kinds(*rules, policy="DROP") == ["ACCEPT"]
     # A goto from the builtin chain itself: RETURN there means the policy.
-    assert kinds("-A FORWARD -g INNER", "-A FORWARD -j ACCEPT", "-A INNER -j RETURN",
-                 policy="DROP") == ["DROP"]  # fmt: skip
+    assert kinds(
+        "-A FORWARD -g INNER", "-A FORWARD -j ACCEPT", "-A INNER -j RETURN", policy="DROP"
+    ) == ["DROP"]
 
 
 def test_undecidable_match_takes_both_branches_and_names_the_rule():
@@ -88,8 +92,9 @@ def test_undecidable_jump_explores_the_chain_and_the_rest():
 
 
 def test_passive_targets_let_the_walk_go_on():
-    assert kinds("-A FORWARD -j LOG --log-prefix x", "-A FORWARD -j MARK --set-mark 1",
-                 "-A FORWARD -j DROP") == ["DROP"]  # fmt: skip
+    assert kinds(
+        "-A FORWARD -j LOG --log-prefix x", "-A FORWARD -j MARK --set-mark 1", "-A FORWARD -j DROP"
+    ) == ["DROP"]
 
 
 @pytest.mark.parametrize("target", ["NFQUEUE --queue-num 1", "TEE --gateway 10.0.0.1", "QUEUE"])
@@ -146,7 +151,10 @@ def test_allow_reason_names_the_filter_accept_and_deny_reason_the_drop():
     assert allowed.verdict is Verdict.ALLOW
     assert allowed.reason == f"nft filter FORWARD #1: {ACCEPT_LINK}"
     denied = verdict(ruleset(DOCKER_DROP, ACCEPT_LINK))
-    assert (denied.verdict, denied.reason) == (Verdict.DENY, f"nft filter FORWARD #1: {DOCKER_DROP}")
+    assert (denied.verdict, denied.reason) == (
+        Verdict.DENY,
+        f"nft filter FORWARD #1: {DOCKER_DROP}",
+    )
 
 
 def test_no_rules_at_all_allow():
@@ -159,7 +167,10 @@ def test_accept_in_one_backend_ends_only_that_backends_chain():
     denied = verdict(nft, legacy)
     assert denied.verdict is Verdict.DENY and denied.reason.startswith("legacy filter FORWARD #1")
     assert verdict(nft, ruleset(backend="legacy")).verdict is Verdict.ALLOW
-    assert verdict(ruleset(DOCKER_DROP), ruleset("-A FORWARD -j ACCEPT", backend="legacy")).verdict is Verdict.DENY  # fmt: skip
+    assert (
+        verdict(ruleset(DOCKER_DROP), ruleset("-A FORWARD -j ACCEPT", backend="legacy")).verdict
+        is Verdict.DENY
+    )
 
 
 def test_accept_in_raw_or_mangle_does_not_skip_filter():
@@ -188,8 +199,11 @@ def test_unknown_sysctl_still_denies_when_ebtables_drops():
 
 
 def test_nat_is_walked_for_the_first_packet_only():
-    nat = ruleset("-A PREROUTING -d 172.17.0.2/32 -p tcp -j DNAT --to-destination 172.17.0.4:80",
-                  table="nat", backend="legacy")  # fmt: skip
+    nat = ruleset(
+        "-A PREROUTING -d 172.17.0.2/32 -p tcp -j DNAT --to-destination 172.17.0.4:80",
+        table="nat",
+        backend="legacy",
+    )
     first = verdict(ruleset(), nat)
     assert first.verdict is Verdict.UNKNOWN and "DNAT" in first.reason  # the packet is rewritten
     reply = reply_of(packet("172.17.0.2", "172.17.0.3"))
@@ -212,7 +226,10 @@ def test_ebtables_drop_denies_and_arp_skips_iptables():
 
 def test_ebtables_forward_policy_drop_denies():
     decision = verdict(ruleset(), bridge=ebtables(policy="DROP"))
-    assert (decision.verdict, decision.reason) == (Verdict.DENY, "ebtables filter FORWARD policy DROP")
+    assert (decision.verdict, decision.reason) == (
+        Verdict.DENY,
+        "ebtables filter FORWARD policy DROP",
+    )
 
 
 def test_unreadable_ebtables_makes_an_allow_unknown_but_not_a_sure_drop():
@@ -223,7 +240,8 @@ def test_unreadable_ebtables_makes_an_allow_unknown_but_not_a_sure_drop():
 def test_drop_after_an_undecidable_rule_that_may_have_accepted_is_unknown():
     decision = verdict(ruleset("-A FORWARD -m mark --mark 0x1 -j ACCEPT", DOCKER_DROP))
     assert decision.verdict is Verdict.UNKNOWN
-    assert decision.reason == "cannot decide nft filter FORWARD #1: -A FORWARD -m mark --mark 0x1 -j ACCEPT"  # fmt: skip
+    undecided = "nft filter FORWARD #1: -A FORWARD -m mark --mark 0x1 -j ACCEPT"
+    assert decision.reason == f"cannot decide {undecided}"
 
 
 def test_every_branch_dropping_is_a_sure_deny():

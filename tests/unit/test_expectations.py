@@ -9,10 +9,10 @@ import pytest
 
 from exporter.expectations import (
     Member,
+    link_rules,
     network_expectations,
     posture_findings,
     rule_identity,
-    link_rules,
 )
 from exporter.model import Container, DockerState, Endpoint, ExposedPort, Link
 from exporter.report import ICC_POSTURE, IPTABLES_POSTURE
@@ -37,14 +37,19 @@ def link_flows(state: DockerState) -> list[tuple[str, str, str, str]]:
 def test_members_are_grouped_by_network_and_family():
     net = L.network("n", "br0", True, "10.1.0.0/24")
     other = L.network("o", "br1", True, "10.2.0.0/24")
-    dual = Container("id-d", "dual", endpoints=(
-        Endpoint(net.id, ip_address("10.1.0.2"), ip_address("fd00::2")),
-        Endpoint(other.id, ip_address("10.2.0.2")),
-    ))  # fmt: skip
+    dual = Container(
+        "id-d",
+        "dual",
+        endpoints=(
+            Endpoint(net.id, ip_address("10.1.0.2"), ip_address("fd00::2")),
+            Endpoint(other.id, ip_address("10.2.0.2")),
+        ),
+    )
     only6 = Container("id-6", "six", endpoints=(Endpoint(net.id, ipv6=ip_address("fd00::3")),))
     elsewhere = L.container("x", other, "10.2.0.9")
-    found = by_name(network_expectations(DockerState("t", "1.41", (net, other),
-                                                     (dual, only6, elsewhere))))  # fmt: skip
+    found = by_name(
+        network_expectations(DockerState("t", "1.41", (net, other), (dual, only6, elsewhere)))
+    )
     names = {
         (network, family): [m.container.name for m in members]
         for network, e in found.items()
@@ -78,28 +83,43 @@ def test_no_link_flows_while_icc_allows_everything():
 
 def test_links_on_a_user_defined_network_are_only_dns_aliases():
     net = L.network("user", "br0", False, "10.1.0.0/24")
-    state = DockerState("t", "1.41", (net,), (
-        L.container("web", net, "10.1.0.2", exposed=("80/tcp",)),
-        L.container("client", net, "10.1.0.3", links=(("web", "web"),)),
-    ))  # fmt: skip
+    state = DockerState(
+        "t",
+        "1.41",
+        (net,),
+        (
+            L.container("web", net, "10.1.0.2", exposed=("80/tcp",)),
+            L.container("client", net, "10.1.0.3", links=(("web", "web"),)),
+        ),
+    )
     assert link_flows(state) == []
 
 
 def test_link_to_a_child_exposing_nothing_or_not_running_allows_nothing():
     bridge = L.network("bridge", "docker0", False, "172.17.0.0/16", default=True)
-    state = DockerState("t", "1.41", (bridge,), (
-        L.container("quiet", bridge, "172.17.0.2"),
-        L.container("client", bridge, "172.17.0.3", links=(("quiet", "q"), ("gone", "g"))),
-    ))  # fmt: skip
+    state = DockerState(
+        "t",
+        "1.41",
+        (bridge,),
+        (
+            L.container("quiet", bridge, "172.17.0.2"),
+            L.container("client", bridge, "172.17.0.3", links=(("quiet", "q"), ("gone", "g"))),
+        ),
+    )
     assert link_flows(state) == []
 
 
 def test_a_link_covers_every_port_and_protocol_the_child_exposes():
     bridge = L.network("bridge", "docker0", False, "172.17.0.0/16", default=True)
-    state = DockerState("t", "1.41", (bridge,), (
-        L.container("dns", bridge, "172.17.0.2", exposed=("53/udp", "53/tcp")),
-        L.container("client", bridge, "172.17.0.3", links=(("dns", "resolver"),)),
-    ))  # fmt: skip
+    state = DockerState(
+        "t",
+        "1.41",
+        (bridge,),
+        (
+            L.container("dns", bridge, "172.17.0.2", exposed=("53/udp", "53/tcp")),
+            L.container("client", bridge, "172.17.0.3", links=(("dns", "resolver"),)),
+        ),
+    )
     assert sorted(link_flows(state)) == [
         ("client", "dns", "resolver", "53/tcp"),
         ("client", "dns", "resolver", "53/udp"),
@@ -108,10 +128,19 @@ def test_a_link_covers_every_port_and_protocol_the_child_exposes():
 
 def test_links_are_ipv4_only():
     bridge = L.network("bridge", "docker0", False, "172.17.0.0/16", default=True)
-    web = Container("id-web", "web", (ExposedPort(80, "tcp"),),
-                    (Endpoint(bridge.id, ipv6=ip_address("fd00::2")),))  # fmt: skip
-    client = Container("id-client", "client", (), (Endpoint(bridge.id, ipv6=ip_address("fd00::3")),),
-                       (Link("id-client", "id-web", "web"),))  # fmt: skip
+    web = Container(
+        "id-web",
+        "web",
+        (ExposedPort(80, "tcp"),),
+        (Endpoint(bridge.id, ipv6=ip_address("fd00::2")),),
+    )
+    client = Container(
+        "id-client",
+        "client",
+        (),
+        (Endpoint(bridge.id, ipv6=ip_address("fd00::3")),),
+        (Link("id-client", "id-web", "web"),),
+    )
     assert link_flows(DockerState("t", "1.41", (bridge,), (web, client))) == []
 
 

@@ -34,9 +34,15 @@ def counted(counts) -> dict[tuple, int]:
 def two(icc: bool, *exposed: str, bridge: str = "br0") -> DockerState:
     """a 10.1.0.2 and b 10.1.0.3 on one user-defined network; b exposes `exposed`."""
     net = L.network("n", bridge, icc, "10.1.0.0/24")
-    return DockerState("t", "1.41", (net,), (
-        L.container("a", net, "10.1.0.2"), L.container("b", net, "10.1.0.3", exposed=exposed),
-    ))  # fmt: skip
+    return DockerState(
+        "t",
+        "1.41",
+        (net,),
+        (
+            L.container("a", net, "10.1.0.2"),
+            L.container("b", net, "10.1.0.3", exposed=exposed),
+        ),
+    )
 
 
 # ---- counts and listing ----------------------------------------------------------------------
@@ -74,9 +80,15 @@ def test_unexpected_verdicts_are_listed_one_by_one_even_when_grouped():
 
 def test_a_hand_written_accept_between_two_containers_is_one_pair_one_way():
     accept = "-A FORWARD -s 172.17.0.4/32 -d 172.17.0.2/32 -j ACCEPT"
-    rules = parse_iptables_save(L.insert_rule(
-        (L.LAYOUTS / "docker28-icc-false-link.rules").read_text(), "DOCKER-USER", accept.removeprefix("-A FORWARD ")
-    ), "ipv4", "nft")  # fmt: skip
+    rules = parse_iptables_save(
+        L.insert_rule(
+            (L.LAYOUTS / "docker28-icc-false-link.rules").read_text(),
+            "DOCKER-USER",
+            accept.removeprefix("-A FORWARD "),
+        ),
+        "ipv4",
+        "nft",
+    )
     listed, _ = flows(rules)
     got = table(listed)
     assert got[("loner", "web", "tcp", 80)] == ("deny", "allow")
@@ -91,8 +103,10 @@ def test_fewer_than_two_members_have_no_flows():
 
 
 def test_every_port_the_target_exposes_is_a_flow():
-    listed, _ = flows(ruleset("-A FORWARD -p tcp -m tcp --dport 443 -j DROP"),
-                      state=two(True, "80/tcp", "443/tcp", "53/udp"))  # fmt: skip
+    listed, _ = flows(
+        ruleset("-A FORWARD -p tcp -m tcp --dport 443 -j DROP"),
+        state=two(True, "80/tcp", "443/tcp", "53/udp"),
+    )
     got = table(listed)
     assert got[("a", "b", "tcp", 80)] == ("allow", "allow")
     assert got[("a", "b", "tcp", 443)] == ("allow", "deny")
@@ -131,10 +145,14 @@ def test_arp_must_pass_ebtables_too():
 def test_ipv6_members_are_flows_of_their_own_family():
     net = L.network("n", "br0", False, "10.1.0.0/24")
     members = tuple(
-        Container(f"id-{n}", n, (ExposedPort(80, "tcp"),),
-                  (Endpoint(net.id, ip_address(f"10.1.0.{i}"), ip_address(f"fd00::{i}")),))
+        Container(
+            f"id-{n}",
+            n,
+            (ExposedPort(80, "tcp"),),
+            (Endpoint(net.id, ip_address(f"10.1.0.{i}"), ip_address(f"fd00::{i}")),),
+        )
         for i, n in ((2, "a"), (3, "b"))
-    )  # fmt: skip
+    )
     six = ruleset("-A FORWARD -i br0 -o br0 -j DROP", family="ipv6")
     listed, counts = flows(ruleset(), six, state=DockerState("t", "1.41", (net,), members))
     assert {(f.family, f.actual) for f in listed} == {("ipv4", "allow"), ("ipv6", "deny")}
@@ -149,7 +167,13 @@ def test_ipv6_members_are_flows_of_their_own_family():
     [
         ((), 1),
         (("-A FORWARD -p tcp -m tcp --dport 1 -j DROP",), 2),
-        (("-A FORWARD -p tcp -m tcp --dport 1:10 -j DROP", "-A X -p udp -m udp --sport 11 -j DROP"), 12),
+        (
+            (
+                "-A FORWARD -p tcp -m tcp --dport 1:10 -j DROP",
+                "-A X -p udp -m udp --sport 11 -j DROP",
+            ),
+            12,
+        ),
         (("-A FORWARD -p tcp -m multiport --dports 2,1,3:4 -j DROP",), 5),
         (("-A FORWARD -p tcp -m tcp --dport 2:9 -j DROP",), 1),
         (("-A FORWARD -p tcp -m tcp --dport :5 -j DROP",), 6),

@@ -43,8 +43,15 @@ PORT_ARGS = ("80", "443", "53", "8080", "1:1024", "1024:65535", "32768:60999", "
 MULTIPORT_ARGS = ("80,443", "53,8080", "80,1024:65535")
 CTSTATES = ("NEW", "RELATED,ESTABLISHED", "ESTABLISHED", "INVALID")
 USER_CHAINS = ("CUSTOM", "CUSTOM2")
-DOCKER_CHAINS = ("DOCKER", "DOCKER-BRIDGE", "DOCKER-CT", "DOCKER-FORWARD",
-                 "DOCKER-ISOLATION-STAGE-1", "DOCKER-ISOLATION-STAGE-2", "DOCKER-USER")  # fmt: skip
+DOCKER_CHAINS = (
+    "DOCKER",
+    "DOCKER-BRIDGE",
+    "DOCKER-CT",
+    "DOCKER-FORWARD",
+    "DOCKER-ISOLATION-STAGE-1",
+    "DOCKER-ISOLATION-STAGE-2",
+    "DOCKER-USER",
+)
 EBTABLES_OPTIONS = (("IPv4", "--ip-dst"), ("IPv4", "--ip-src"), ("ARP", "--arp-ip-src"))
 HOST_NUMBERS = range(2, 22)  # addresses rules may name; containers take some of them
 
@@ -74,13 +81,15 @@ def topologies(draw) -> DockerState:
         )
         networks.append(network)
         count = draw(st.integers(2, 8))
-        hosts = draw(st.lists(st.sampled_from(HOST_NUMBERS), min_size=count, max_size=count,
-                              unique=True))  # fmt: skip
+        hosts = draw(
+            st.lists(st.sampled_from(HOST_NUMBERS), min_size=count, max_size=count, unique=True)
+        )
         names = [f"c{index}{n}" for n in range(count)]
         links: dict[str, list[Link]] = {name: [] for name in names}
         if default:
-            for parent, child in draw(st.lists(st.tuples(st.sampled_from(names),
-                                                         st.sampled_from(names)), max_size=3)):  # fmt: skip
+            for parent, child in draw(
+                st.lists(st.tuples(st.sampled_from(names), st.sampled_from(names)), max_size=3)
+            ):
                 if parent != child:
                     links[parent].append(Link(f"id-{parent}", f"id-{child}", child))
         for name, host in zip(names, hosts, strict=True):
@@ -165,19 +174,25 @@ def docker_layout(state: DockerState, dropped_links: set[int]) -> list[str]:
         if index not in dropped_links:
             rules.append(f"-A DOCKER {expectation.spec}")
     rules += [f"-A DOCKER-BRIDGE -o {b} -j DOCKER" for b in bridges]
-    rules += [f"-A DOCKER-CT -o {b} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
-              for b in bridges]  # fmt: skip
-    rules += [f"-A DOCKER-FORWARD -j {c}" for c in ("DOCKER-CT", "DOCKER-ISOLATION-STAGE-1",
-                                                     "DOCKER-BRIDGE")]  # fmt: skip
+    rules += [
+        f"-A DOCKER-CT -o {b} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT" for b in bridges
+    ]
+    rules += [
+        f"-A DOCKER-FORWARD -j {c}"
+        for c in ("DOCKER-CT", "DOCKER-ISOLATION-STAGE-1", "DOCKER-BRIDGE")
+    ]
     for network in state.networks:
         b = network.bridge
         if network.icc:
             rules.append(f"-A DOCKER-FORWARD -i {b} -j ACCEPT")
         else:
-            rules += [f"-A DOCKER-FORWARD -i {b} -o {b} -j DROP",
-                      f"-A DOCKER-FORWARD -i {b} ! -o {b} -j ACCEPT"]  # fmt: skip
-    rules += [f"-A DOCKER-ISOLATION-STAGE-1 -i {b} ! -o {b} -j DOCKER-ISOLATION-STAGE-2"
-              for b in bridges]  # fmt: skip
+            rules += [
+                f"-A DOCKER-FORWARD -i {b} -o {b} -j DROP",
+                f"-A DOCKER-FORWARD -i {b} ! -o {b} -j ACCEPT",
+            ]
+    rules += [
+        f"-A DOCKER-ISOLATION-STAGE-1 -i {b} ! -o {b} -j DOCKER-ISOLATION-STAGE-2" for b in bridges
+    ]
     rules += [f"-A DOCKER-ISOLATION-STAGE-2 -o {b} -j DROP" for b in bridges]
     return rules
 
@@ -247,8 +262,9 @@ def scenarios(draw) -> Scenario:
 # ---- the property ----------------------------------------------------------------------------
 
 
-def expected_verdict(state: DockerState, network: Network, source: str, target: str,
-                     protocol: str, port: int | None) -> str:  # fmt: skip
+def expected_verdict(
+    state: DockerState, network: Network, source: str, target: str, protocol: str, port: int | None
+) -> str:
     """Docker's promise, restated without expectations.py: icc on allows all; icc off allows
     only a link's parent to its child's exposed ports on the default bridge."""
     if network.icc:
