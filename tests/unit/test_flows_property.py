@@ -77,7 +77,8 @@ def topologies(draw) -> DockerState:
             bridge="docker0" if default else f"br-n{index}",
             icc=draw(st.booleans()),
             default_bridge=default,
-            subnets=(ip_network(f"10.{index}.0.0/24"),),
+            subnets=(ip_network(f"10.{index}.0.0/24"), ip_network(f"fd00:{index}::/64")),
+            enable_ipv6=draw(st.booleans()),
         )
         networks.append(network)
         count = draw(st.integers(2, 8))
@@ -99,7 +100,13 @@ def topologies(draw) -> DockerState:
                     id=f"id-{name}",
                     name=name,
                     exposed=tuple(exposed),
-                    endpoints=(Endpoint(network.id, ipv4=ip_address(f"10.{index}.0.{host}")),),
+                    endpoints=(
+                        Endpoint(
+                            network.id,
+                            ip_address(f"10.{index}.0.{host}"),
+                            ip_address(f"fd00:{index}::{host:x}") if network.enable_ipv6 else None,
+                        ),
+                    ),
                     links=tuple(links[name]),
                 )
             )
@@ -113,21 +120,31 @@ def _negatable(draw, text: str) -> str:
     return f"! {text}" if draw(st.booleans()) else text
 
 
+def address(family: str, net: int, host: int) -> str:
+    """Container addresses: 10.NET.0.HOST, and fd00:NET::HOST (hex) for IPv6."""
+    return f"10.{net}.0.{host}" if family == "ipv4" else f"fd00:{net}::{host:x}"
+
+
 @st.composite
-def addresses(draw, networks: int) -> str:
+def addresses(draw, networks: int, family: str = "ipv4") -> str:
     net = draw(st.integers(0, networks - 1))
     kind = draw(st.sampled_from(["host", "host", "prefix", "subnet", "wide"]))
+    bits = 32 if family == "ipv4" else 128
     if kind == "host":
-        return f"10.{net}.0.{draw(st.sampled_from(HOST_NUMBERS))}/32"
+        return f"{address(family, net, draw(st.sampled_from(HOST_NUMBERS)))}/{bits}"
     if kind == "prefix":
-        length = draw(st.sampled_from([28, 29, 30, 31]))
+        length = bits - draw(st.sampled_from([4, 3, 2, 1]))
         base = draw(st.sampled_from([0, 8, 16]))
-        return str(ip_network(f"10.{net}.0.{base}/{length}", strict=False))
-    return f"10.{net}.0.0/24" if kind == "subnet" else "10.0.0.0/8"
+        return str(ip_network(f"{address(family, net, base)}/{length}", strict=False))
+    if kind == "subnet":
+        return f"10.{net}.0.0/24" if family == "ipv4" else f"fd00:{net}::/64"
+    return "10.0.0.0/8" if family == "ipv4" else "fd00::/16"
 
 
 @st.composite
-def rule_specs(draw, bridges: tuple[str, ...], networks: int, jumps: tuple[str, ...]) -> str:
+def rule_specs(
+    draw, bridges: tuple[str, ...], networks: int, jumps: tuple[str, ...], family: str
+) -> str:
     """One rule spec (after `-A CHAIN`) in iptables-save's option order."""
     parts = []
 
@@ -137,7 +154,7 @@ def rule_specs(draw, bridges: tuple[str, ...], networks: int, jumps: tuple[str, 
 
     for flag in ("-s", "-d"):
         if draw(st.integers(0, 2)) == 0:
-            add(flag, draw(addresses(networks)))
+            add(flag, draw(addresses(networks, family)))
     for flag in ("-i", "-o"):
         if draw(st.integers(0, 3)) == 0:
             add(flag, draw(st.sampled_from([*bridges, "br-+", "eth0"])))
@@ -152,7 +169,8 @@ def rule_specs(draw, bridges: tuple[str, ...], networks: int, jumps: tuple[str, 
             add(port, draw(st.sampled_from(PORT_ARGS)), protocol)
     if draw(st.integers(0, 4)) == 0:
         net, low = draw(st.integers(0, networks - 1)), draw(st.integers(2, 12))
-        span = f"10.{net}.0.{low}-10.{net}.0.{low + draw(st.integers(0, 8))}"
+        high = low + draw(st.integers(0, 8))
+        span = f"{address(family, net, low)}-{address(family, net, high)}"
         add(draw(st.sampled_from(["--src-range", "--dst-range"])), span, "iprange")
     if draw(st.integers(0, 5)) == 0:
         add("--match-set", "S " + draw(st.sampled_from(["src", "dst"])), "set")
@@ -163,15 +181,16 @@ def rule_specs(draw, bridges: tuple[str, ...], networks: int, jumps: tuple[str, 
     return " ".join([*parts, f"{flag} {target}"])
 
 
-def docker_layout(state: DockerState, dropped_links: set[int]) -> list[str]:
-    """Docker 28's filter rules for every bridge, and two ACCEPTs per link port unless dropped."""
+def docker_layout(state: DockerState, dropped_links: set[int], family: str) -> list[str]:
+    """Docker 28's filter rules for every bridge, and for IPv4 two ACCEPTs per link port unless
+    dropped (links are IPv4 only)."""
     bridges = [n.bridge for n in state.networks]
     rules = ["-A FORWARD -j DOCKER-USER", "-A FORWARD -j DOCKER-FORWARD"]
     rules += [f"-A DOCKER ! -i {b} -o {b} -j DROP" for b in bridges]
     for index, expectation in enumerate(
         link for e in network_expectations(state) for link in e.expected_rules()
     ):
-        if index not in dropped_links:
+        if family == "ipv4" and index not in dropped_links:
             rules.append(f"-A DOCKER {expectation.spec}")
     rules += [f"-A DOCKER-BRIDGE -o {b} -j DOCKER" for b in bridges]
     rules += [
@@ -230,18 +249,23 @@ def scenarios(draw) -> Scenario:
     links = sum(len(e.expected_rules()) for e in network_expectations(state))
     dropped = set(draw(st.lists(st.integers(0, max(links - 1, 0)), max_size=2))) if links else set()
 
-    def some(chain: str, jumps: tuple[str, ...], most: int) -> list[str]:
-        specs = draw(st.lists(rule_specs(bridges, count, jumps), max_size=most))
+    def some(chain: str, jumps: tuple[str, ...], most: int, family: str = "ipv4") -> list[str]:
+        specs = draw(st.lists(rule_specs(bridges, count, jumps, family), max_size=most))
         return [f"-A {chain} {spec}" for spec in specs]
 
-    rules = docker_layout(state, dropped)
-    rules += some("DOCKER-USER", USER_CHAINS, 4)
-    rules += some("CUSTOM", ("CUSTOM2",), 3)
-    rules += some("CUSTOM2", (), 2)
-    rules += some("DOCKER", (), 2)  # after Docker's own, as `iptables -A DOCKER` puts them
-    policy = draw(st.sampled_from(["ACCEPT", "DROP"]))
-    dump = table_text("filter", rules, {"FORWARD": policy}, DOCKER_CHAINS + USER_CHAINS)
+    def filter_table(family: str) -> str:
+        rules = docker_layout(state, dropped, family)
+        rules += some("DOCKER-USER", USER_CHAINS, 4, family)
+        rules += some("CUSTOM", ("CUSTOM2",), 3, family)
+        rules += some("CUSTOM2", (), 2, family)
+        rules += some("DOCKER", (), 2, family)  # after Docker's own, as `iptables -A` puts them
+        policy = draw(st.sampled_from(["ACCEPT", "DROP"]))
+        return table_text("filter", rules, {"FORWARD": policy}, DOCKER_CHAINS + USER_CHAINS)
+
+    dump = filter_table("ipv4")
     rulesets = [parse_iptables_save(dump, "ipv4", "nft")]
+    if any(n.enable_ipv6 for n in state.networks):
+        rulesets.append(parse_iptables_save(filter_table("ipv6"), "ipv6", "nft"))
     if draw(st.integers(0, 4)) == 0:  # the other backend holds a rule or two too
         legacy = some("FORWARD", (), 2)
         rulesets.append(parse_iptables_save(table_text("filter", legacy), "ipv4", "legacy"))
@@ -263,13 +287,14 @@ def scenarios(draw) -> Scenario:
 
 
 def expected_verdict(
-    state: DockerState, network: Network, source: str, target: str, protocol: str, port: int | None
+    state: DockerState, network: Network, family: str, flow: tuple[str, str, str, int | None]
 ) -> str:
     """Docker's promise, restated without expectations.py: icc on allows all; icc off allows
-    only a link's parent to its child's exposed ports on the default bridge."""
+    only a link's parent to its child's exposed ports on the default bridge, over IPv4."""
+    source, target, protocol, port = flow
     if network.icc:
         return "allow"
-    if not network.default_bridge or port is None:
+    if not network.default_bridge or port is None or family != "ipv4":
         return "deny"
     by_name = {c.name: c for c in state.containers}
     child = by_name[target]
@@ -290,24 +315,28 @@ def test_grouped_flows_equal_every_pair_one_by_one(scenario: Scenario) -> None:
     expectations = network_expectations(scenario.state)
     listed, _ = evaluate_flows(expectations, path, list_all=True)
     default_listed, counts = evaluate_flows(expectations, path)
-    rulesets = [*path.firewall.for_family("ipv4")]
-    if path.firewall.bridge is not None:
-        rulesets.append(path.firewall.bridge)
-    probe = probe_port(rulesets)
 
-    got = {(f.network, f.source, f.target, f.protocol, f.port): f for f in listed}
+    got = {(f.network, f.family, f.source, f.target, f.protocol, f.port): f for f in listed}
     assert len(got) == len(listed), "a flow listed twice"
     want_counts: Counter = Counter()
-    for expectation in expectations:
-        network = expectation.network
-        oracle = one_by_one(expectation, "ipv4", path, probe)
-        mine = {k[1:]: f.actual for k, f in got.items() if k[0] == network.name}
-        assert mine == oracle, scenario.dump
-        for (source, target, protocol, port), actual in oracle.items():
-            expected = expected_verdict(scenario.state, network, source, target, protocol, port)
-            assert got[(network.name, source, target, protocol, port)].expected == expected
-            want_counts[(network.name, expected, actual)] += 1
-    assert {(c.network, c.expected, c.actual): c.count for c in counts} == dict(want_counts)
+    for family in ("ipv4", "ipv6"):
+        rulesets = [*path.firewall.for_family(family)]
+        if path.firewall.bridge is not None:
+            rulesets.append(path.firewall.bridge)
+        probe = probe_port(rulesets)
+        for expectation in expectations:
+            network = expectation.network
+            oracle = one_by_one(expectation, family, path, probe)
+            mine = {k[2:]: f.actual for k, f in got.items() if k[:2] == (network.name, family)}
+            assert mine == oracle, scenario.dump
+            for flow, actual in oracle.items():
+                expected = expected_verdict(scenario.state, network, family, flow)
+                assert got[(network.name, family, *flow)].expected == expected
+                want_counts[(network.name, family, expected, actual)] += 1
+    assert {(c.network, c.family, c.expected, c.actual): c.count for c in counts} == want_counts
     # The default listing: link flows and every flow whose verdict is not the expected one.
     wanted = {k for k, f in got.items() if f.link or f.expected != f.actual}
-    assert {(f.network, f.source, f.target, f.protocol, f.port) for f in default_listed} == wanted
+    default_keys = {
+        (f.network, f.family, f.source, f.target, f.protocol, f.port) for f in default_listed
+    }
+    assert default_keys == wanted
