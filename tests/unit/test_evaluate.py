@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 
 from exporter.firewall.evaluate import MAX_DEPTH, Verdict, evaluate_packet, walk_stage
+from exporter.firewall.parse import parse_ebtables_save
 from exporter.firewall.state import NftablesInfo
 from tests.unit.core_builders import NO_SETS, ebtables, inputs, packet, reply_of, ruleset
 
@@ -136,6 +137,16 @@ def test_unknown_module_without_options_is_undecidable():
     assert sorted(kinds("-A FORWARD -m socket -j DROP")) == ["ACCEPT", "DROP"]
 
 
+@pytest.mark.xfail(strict=True, reason="bug: physdev-is-bridged is false before FORWARD")
+def test_physdev_is_bridged_does_not_match_in_prerouting():
+    # xt_physdev: "This only makes sense in the FORWARD and POSTROUTING chains": in PREROUTING the
+    # bridge has not chosen an output port yet, so --physdev-is-bridged (and -is-out) is false.
+    raw = ruleset(
+        "-A PREROUTING -m physdev --physdev-is-bridged -j DROP", table="raw", backend="legacy"
+    )
+    assert evaluate_packet(FIRST, inputs(ruleset(), raw)).verdict is Verdict.ALLOW
+
+
 # ---- the whole path --------------------------------------------------------------------------
 
 DOCKER_DROP = "-A FORWARD -i docker0 -o docker0 -j DROP"
@@ -222,6 +233,14 @@ def test_ebtables_drop_denies_and_arp_skips_iptables():
     assert verdict(ruleset(DOCKER_DROP), pkt=arp).verdict is Verdict.ALLOW
     ip = verdict(ruleset(), bridge=bridge)
     assert ip.verdict is Verdict.ALLOW
+
+
+@pytest.mark.xfail(strict=True, reason="bug: DROP in ebtables broute routes the frame")
+def test_broute_drop_routes_the_frame_instead_of_dropping_it():
+    # ebtables(8): in the broute table DROP means "route this frame", ACCEPT "bridge it". The
+    # routed path (FORWARD -i veth...) is not evaluated, so the verdict cannot be a sure deny.
+    broute = parse_ebtables_save("*broute\n:BROUTING ACCEPT\n-A BROUTING -p IPv4 -j DROP\n")
+    assert verdict(ruleset(), bridge=broute).verdict is Verdict.UNKNOWN
 
 
 def test_ebtables_forward_policy_drop_denies():
