@@ -7,7 +7,14 @@ from dataclasses import replace
 
 import pytest
 
-from exporter.firewall.evaluate import MAX_DEPTH, Verdict, evaluate_packet, walk_stage
+from exporter.firewall.evaluate import (
+    MAX_DEPTH,
+    Verdict,
+    evaluate_packet,
+    rule_matches,
+    walk_stage,
+)
+from exporter.firewall.matches import MATCHERS
 from exporter.firewall.parse import parse_ebtables_save
 from exporter.firewall.state import NftablesInfo
 from tests.unit.core_builders import NO_SETS, ebtables, inputs, packet, reply_of, ruleset
@@ -26,6 +33,31 @@ def outcomes(
 
 def kinds(*rules: str, **kw) -> list[str]:
     return [kind for kind, _ in outcomes(*rules, **kw)[0]]
+
+
+# ---- one rule --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spec,expected",
+    [
+        ("-d 172.17.0.2/32 -p tcp -m tcp --dport 80", True),
+        ("-d 172.17.0.2/32 -m mark --mark 0x1", None),  # mark: not decidable here
+        ("-d 172.17.0.9/32 -m mark --mark 0x1", False),  # a sure mismatch wins over "unknown"
+        ("-m mark --mark 0x1 -p udp", False),
+        ("", True),
+    ],
+)
+def test_rule_matches_is_a_three_valued_and(spec, expected):
+    (rule,) = ruleset(f"-A FORWARD {spec} -j ACCEPT").chain("filter", "FORWARD").rules
+    assert rule_matches(rule, FIRST, NO_SETS, MATCHERS) is expected
+
+
+def test_a_rule_with_a_parse_error_never_decides():
+    (rule,) = (
+        ruleset('-A FORWARD -m comment --comment "x -j ACCEPT').chain("filter", "FORWARD").rules
+    )
+    assert rule.error and rule_matches(rule, FIRST, NO_SETS, MATCHERS) is None
 
 
 # ---- one chain -------------------------------------------------------------------------------

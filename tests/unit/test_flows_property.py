@@ -52,7 +52,7 @@ DOCKER_CHAINS = (
     "DOCKER-ISOLATION-STAGE-2",
     "DOCKER-USER",
 )
-EBTABLES_OPTIONS = (("IPv4", "--ip-dst"), ("IPv4", "--ip-src"), ("ARP", "--arp-ip-src"))
+EBTABLES_OPTIONS = (("IPv4", ("--ip-src", "--ip-dst")), ("ARP", ("--arp-ip-src", "--arp-ip-dst")))
 HOST_NUMBERS = range(2, 22)  # addresses rules may name; containers take some of them
 
 
@@ -173,7 +173,7 @@ def rule_specs(
         span = f"{address(family, net, low)}-{address(family, net, high)}"
         add(draw(st.sampled_from(["--src-range", "--dst-range"])), span, "iprange")
     if draw(st.integers(0, 5)) == 0:
-        add("--match-set", "S " + draw(st.sampled_from(["src", "dst"])), "set")
+        add("--match-set", "S " + draw(st.sampled_from(["src", "dst", "src,dst"])), "set")
     if draw(st.integers(0, 3)) == 0:
         add("--ctstate", draw(st.sampled_from(CTSTATES)), "conntrack")
     target = draw(st.sampled_from(["ACCEPT", "ACCEPT", "DROP", "REJECT", "RETURN", *jumps]))
@@ -234,10 +234,13 @@ def ebtables_rules(draw, networks: int):
         return ebtables()
     rules = []
     for _ in range(draw(st.integers(1, 2))):
-        host = draw(addresses(networks)).removesuffix("/32")
-        protocol, option = draw(st.sampled_from(EBTABLES_OPTIONS))
+        protocol, sides = draw(st.sampled_from(EBTABLES_OPTIONS))
+        parts = [f"-p {protocol}"]
+        for option in draw(st.lists(st.sampled_from(sides), min_size=1, max_size=2, unique=True)):
+            host = draw(addresses(networks)).removesuffix("/32")
+            parts.append(_negatable(draw, f"{option} {host}"))
         target = draw(st.sampled_from(["DROP", "ACCEPT"]))
-        rules.append(f"-A FORWARD -p {protocol} {_negatable(draw, f'{option} {host}')} -j {target}")
+        rules.append(f"-A FORWARD {' '.join(parts)} -j {target}")
     return ebtables(*rules)
 
 
