@@ -129,18 +129,20 @@ def flow_packets(source: Member, target: Member, protocol: str, port: int, bridg
     return found
 
 
-def combined(decisions: list[Decision]) -> Verdict:
-    """A flow passes when every packet passes; one sure drop denies it."""
-    verdicts = {d.verdict for d in decisions}
-    if Verdict.DENY in verdicts:
-        return Verdict.DENY
-    return Verdict.UNKNOWN if Verdict.UNKNOWN in verdicts else Verdict.ALLOW
+def combined(decisions: list[Decision]) -> Decision:
+    """A flow passes when every packet passes; one sure drop denies it. The reason is the first
+    denying packet's, else the first unknown one's, else the first packet's (its ACCEPT)."""
+    for verdict in (Verdict.DENY, Verdict.UNKNOWN):
+        for decision in decisions:
+            if decision.verdict is verdict:
+                return decision
+    return decisions[0]
 
 
 def one_by_one(
     expectation: NetworkExpectation, family: str, path: PathInputs, probe: int
-) -> dict[tuple[str, str, str, int | None], str]:
-    """(source, target, protocol, port or None for the probe) -> actual verdict, pair by pair."""
+) -> dict[tuple[str, str, str, int | None], tuple[str, str]]:
+    """(source, target, protocol, port or None for the probe) -> (verdict, reason), pair by pair."""
     bridge = path.firewall.bridge
     arp = bridge is None or not bridge.empty
     found = {}
@@ -154,7 +156,7 @@ def one_by_one(
                 packets = flow_packets(
                     source, target, protocol, port, expectation.network.bridge, arp
                 )
-                verdict = combined([evaluate_packet(p, path) for p in packets])
+                decision = combined([evaluate_packet(p, path) for p in packets])
                 key = (source.container.name, target.container.name, protocol, label)
-                found[key] = verdict.value
+                found[key] = (decision.verdict.value, decision.reason)
     return found

@@ -5,7 +5,8 @@ pair per group, plus the special pairs one by one. Here random topologies (1-3 b
 containers each, exposed ports, links on the default bridge, icc on/off) meet random rules in
 Docker's layout (FORWARD -> DOCKER-USER -> DOCKER-FORWARD -> DOCKER-CT / ISOLATION / DOCKER, as
 tests/fixtures/layouts/docker28-*.rules), drawn from the matches the evaluator decides; the oracle
-(core_builders.one_by_one) walks every ordered pair and port with evaluate_packet.
+(core_builders.one_by_one) walks every ordered pair and port with evaluate_packet. Verdicts and
+the reasons naming the deciding rule must both agree.
 
 CI runs a fixed, derandomized set. To search harder, raise the count and drop derandomization:
     FLOWS_PROPERTY_EXAMPLES=3000 FLOWS_PROPERTY_RANDOM=1 PYTHONPATH=$PWD \
@@ -330,9 +331,13 @@ def test_grouped_flows_equal_every_pair_one_by_one(scenario: Scenario) -> None:
         for expectation in expectations:
             network = expectation.network
             oracle = one_by_one(expectation, family, path, probe)
-            mine = {k[2:]: f.actual for k, f in got.items() if k[:2] == (network.name, family)}
+            mine = {
+                k[2:]: (f.actual, f.reason)
+                for k, f in got.items()
+                if k[:2] == (network.name, family)
+            }
             assert mine == oracle, scenario.dump
-            for flow, actual in oracle.items():
+            for flow, (actual, _) in oracle.items():
                 expected = expected_verdict(scenario.state, network, family, flow)
                 assert got[(network.name, family, *flow)].expected == expected
                 want_counts[(network.name, family, expected, actual)] += 1
