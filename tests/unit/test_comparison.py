@@ -166,9 +166,14 @@ def test_icc_enabled_network_expects_no_rules():
 
 
 def test_an_empty_second_backend_is_not_judged():
+    # Listed first, an empty legacy table would name the chain of the missing DROP (FORWARD).
     empty = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
-    findings, _ = rule_findings(LINKED, firewall(D28, empty))
-    assert findings == []
+    rulesets = (
+        parse_iptables_save(empty, "ipv4", "legacy"),
+        parse_iptables_save(L.delete_rule(D28, ICC_DROP), "ipv4", "nft"),
+    )
+    findings, _ = rule_findings(LINKED, FirewallState(primary_backend="nft", rulesets=rulesets))
+    assert [(f.kind, f.rule) for f in findings] == [(ICC_DROP_MISSING, ICC_DROP)]
 
 
 def test_link_rules_in_the_other_backend_count_as_present():
