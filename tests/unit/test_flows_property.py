@@ -31,7 +31,7 @@ from exporter.flows import evaluate_flows, probe_port
 from exporter.model import Container, DockerState, Endpoint, ExposedPort, Link, Network
 from tests.unit.core_builders import ebtables, inputs, one_by_one, table_text
 
-EXAMPLES = int(os.environ.get("FLOWS_PROPERTY_EXAMPLES", "120"))
+EXAMPLES = int(os.environ.get("FLOWS_PROPERTY_EXAMPLES", "250"))
 DERANDOMIZE = os.environ.get("FLOWS_PROPERTY_RANDOM", "") != "1"
 
 PORTS = (
