@@ -283,6 +283,7 @@ def scenarios(draw) -> Scenario:
         bridge_unreadable=bridge is None,
         ipsets=draw(ipsets(count)),
         sets_unreadable=draw(st.integers(0, 9)) == 0,  # then every set match is undecidable
+        call=draw(st.sampled_from([1, 1, 1, 0, None])),  # net.bridge.bridge-nf-call-ip(6)tables
     )
     return Scenario(state, path, dump)
 
