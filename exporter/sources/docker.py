@@ -527,10 +527,17 @@ def describe_error(host: str, what: str, error: BaseException, timeout: float) -
                 f"docker: cannot reach {host}: connection refused; is dockerd running? "
                 "set --docker.host"
             )
-    status = getattr(error, "status_code", None)
-    if status is not None:
-        explanation = getattr(error, "explanation", None) or error
-        return f"docker: {what} failed with HTTP {status}: {explanation}"
-    if names & {"ConnectionError", "ProtocolError", "DockerException"}:
+    for item in chain:
+        status = getattr(item, "status_code", None)
+        if status is not None:
+            explanation = getattr(item, "explanation", None) or item
+            return f"docker: {what} failed with HTTP {status}: {explanation}"
+    if names & {"IncompleteRead", "ChunkedEncodingError"}:
+        return f"docker: {what} on {host}: the reply was cut short; is dockerd restarting?"
+    if names & {"JSONDecodeError"}:
+        return f"docker: {what} on {host}: the reply is not JSON; is this a Docker API?"
+    if names & {"ConnectionError", "ProtocolError"}:
         return f"docker: cannot reach {host}: {error}; is dockerd running? set --docker.host"
+    if "DockerException" in names:
+        return f"docker: {what} failed: {error}"
     return f"docker: {what} failed: {type(error).__name__}: {error}"
