@@ -50,6 +50,8 @@ class DockerScenario:
     networks: list[dict[str, Any]]
     containers: list[dict[str, Any]]
     inspects: dict[str, dict[str, Any]]
+    # Ids of containers that stop when inspected: the list showed them, the inspect answers 404.
+    dying: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
@@ -281,17 +283,28 @@ class FakeDockerAPI:
             return 200, "OK"
         if path == "/info":
             return 200, {"ID": "fake", "ServerVersion": "20.10.24+dfsg1"}
+        inspect = _INSPECT.match(path)
+        if inspect:
+            self._die(inspect.group(1))
         replies = self._replies()
         if path in replies:
             return 200, replies[path]
-        found = _INSPECT.match(path)
-        if found:
-            wanted = found.group(1)
+        if inspect:
+            wanted = inspect.group(1)
             for cid, reply in replies["inspect"].items():
                 if cid == wanted or (len(wanted) >= 12 and cid.startswith(wanted)):
                     return 200, reply
             return 404, {"message": f"No such container: {wanted}"}
         return 404, {"message": f"page not found: {path}"}
+
+    def _die(self, wanted: str) -> None:
+        with self.scenario.lock:
+            if wanted in self.scenario.dying:
+                self.scenario.dying.discard(wanted)
+                self.scenario.containers = [
+                    c for c in self.scenario.containers if c["Id"] != wanted
+                ]
+                self.scenario.inspects.pop(wanted, None)
 
     def _send(self, handler: _Handler, status: int, reply: Any) -> None:
         if isinstance(reply, str):
