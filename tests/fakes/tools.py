@@ -20,6 +20,9 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 MIXED = FIXTURES / "sources" / "docker20.10-nft-mixed"
 
 EMPTY_EBTABLES = "*filter\n:INPUT ACCEPT\n:FORWARD ACCEPT\n:OUTPUT ACCEPT\n"
+EMPTY_IP6TABLES = (
+    "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+)
 EMPTY_NFT = '{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}}]}\n'
 
 # The argv each tool may be run with: all of them read only.
@@ -109,6 +112,10 @@ class FakeTools:
         script.chmod(0o755 if tool.executable else 0o644)
         return script
 
+    def output(self, name: str) -> str:
+        """What the tool prints on stdout now."""
+        return (self._data / f"{name}.out").read_text(encoding="utf-8", errors="surrogateescape")
+
     def remove(self, name: str) -> None:
         (self.directory / name).unlink(missing_ok=True)
 
@@ -127,11 +134,13 @@ def install_host(tools: FakeTools, case: Path = MIXED) -> None:
     tools.install("iptables-nft-save", prints((case / "iptables-save.txt").read_text()))
     tools.install("iptables-legacy-save", prints(""))
     ipv6 = case / "ip6tables-save.txt"
-    tools.install("ip6tables-nft-save", prints(ipv6.read_text() if ipv6.exists() else ""))
+    ipv6_text = ipv6.read_text() if ipv6.exists() else ""
+    tools.install("ip6tables-nft-save", prints(ipv6_text or EMPTY_IP6TABLES))
     tools.install("ip6tables-legacy-save", prints(""))
     tools.install("ebtables-nft-save", prints(EMPTY_EBTABLES))
     tools.install("ebtables-legacy-save", prints(""))
-    tools.install("ipset", prints(""))
+    # Sets no rule uses: they change no verdict, but give a cut-short dump something to cut.
+    tools.install("ipset", prints((FIXTURES / "tools" / "ipset-save.txt").read_text()))
     tools.install("nft", prints(EMPTY_NFT))
 
 
