@@ -14,6 +14,13 @@ container is gone, and refreshed when the container was renamed or when the link
 shows for it ("/PARENT/ALIAS" among a child's Names) no longer match its cached HostConfig.Links
 (a child renamed or removed changes them). A container's addresses are NOT fixed across restarts,
 so parse() takes them from the list reply only, never from the (possibly old) inspect reply.
+
+Replies fail closed: a field parse() or the cache relies on that is missing or of another shape is
+a SourceError naming the call and the field (`docker: GET /containers/json: container 3 has no
+Id`), never a container or network silently left out. The one legit gap is a container that
+stops between the list and its inspect (HTTP 404): it is left out, since it has no flows any more,
+but only once a second list confirms it is gone; a daemon that lists a container it cannot
+inspect fails the source.
 """
 
 from __future__ import annotations
