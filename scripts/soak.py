@@ -137,7 +137,7 @@ def show(label: str, s: Sample, extra: str = "") -> None:
 def soak(args: argparse.Namespace, workdir: Path) -> int:
     host = FakeHost.make(workdir)
     scenario = DockerScenario.from_fixture(MIXED)
-    with FakeDockerAPI(scenario) as api:
+    with FakeDockerAPI(scenario, record=False) as api:
         sources = host.sources(api.base_url, docker_timeout=2.0, timeout=2.0)
         config = CheckConfig(timeout=5.0)
         latest = Latest()
@@ -208,7 +208,7 @@ def soak(args: argparse.Namespace, workdir: Path) -> int:
     print(f"growth since the first sample (checks={base.checks}): {growth}")
     print(
         f"checks={seen} failed_checks={failed_checks} scrapes={scraper.done} "
-        f"scrape_errors={scraper.failed} docker_requests={len(api.requests)} "
+        f"scrape_errors={scraper.failed} docker_requests={api.request_count} "
         f"methods={sorted(api.methods())} tool_runs={len(host.tools.calls())} "
         f"non_read_tool_runs={len(host.tools.writes())} elapsed={time.monotonic() - began:.0f}s"
     )

@@ -186,6 +186,15 @@ def parse_docker(files: Mapping[str, str]) -> DockerState:
     SourceError naming the call and the field, never a container or network silently left out:
     a container left out hides its flows.
     """
+    try:
+        return _parse_docker(files)
+    except (KeyError, TypeError, AttributeError, ValueError) as error:
+        # Last resort for a shape the checks below missed: still one line, never a traceback.
+        kind = type(error).__name__
+        raise SourceError(f"docker: unexpected API reply: {kind}: {error}") from None
+
+
+def _parse_docker(files: Mapping[str, str]) -> DockerState:
     version = _load(files, VERSION_FILE, dict)
     networks_reply = _load(files, NETWORKS_FILE, list)
     listed = _load(files, CONTAINERS_FILE, list)

@@ -180,6 +180,7 @@ class FakeDockerAPI:
         lie: str | None = None,
         on: str | None = None,
         delay: float = 0.0,
+        record: bool = True,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -190,7 +191,12 @@ class FakeDockerAPI:
         self.lie = lie
         self.on = on
         self.delay = delay
+        # Every request when `record` (the soak turns it off: the list would grow with the run);
+        # the methods and the count always.
+        self.record = record
         self.requests: list[tuple[str, str]] = []
+        self.request_count = 0
+        self._methods: set[str] = set()
         self._requests_lock = threading.Lock()
         self._release = threading.Event()
         self._events: list[queue.Queue[dict[str, Any]]] = []
@@ -225,7 +231,7 @@ class FakeDockerAPI:
 
     def methods(self) -> set[str]:
         with self._requests_lock:
-            return {method for method, _ in self.requests}
+            return set(self._methods)
 
     def emit(self, event: dict[str, Any]) -> None:
         """Send an event to every open /events stream."""
@@ -236,7 +242,10 @@ class FakeDockerAPI:
 
     def handle(self, handler: _Handler) -> None:
         with self._requests_lock:
-            self.requests.append((handler.command, handler.path))
+            self.request_count += 1
+            self._methods.add(handler.command)
+            if self.record:
+                self.requests.append((handler.command, handler.path))
         path = urlsplit(handler.path).path
         versioned = _VERSIONED.match(path)
         path = versioned.group(1) if versioned else path

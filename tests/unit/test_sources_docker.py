@@ -10,6 +10,8 @@ from pathlib import Path
 import docker.errors
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exporter.model import Endpoint, ExposedPort, Link
 from exporter.sources.base import SourceError
@@ -286,6 +288,52 @@ def test_reply_of_the_wrong_shape_is_one_line_naming_the_call(case):
     assert message.startswith("docker: ")
     assert "\n" not in message
     assert expected is None or expected in message
+
+
+def json_paths(value, prefix=()):
+    """Every path to a value inside a JSON document, as tuples of keys and indexes."""
+    yield prefix
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from json_paths(item, (*prefix, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from json_paths(item, (*prefix, index))
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.just("999.1.1.1"),
+    lambda inner: (
+        st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=4), inner, max_size=2)
+    ),
+    max_leaves=4,
+)
+PATHS = [
+    (name, path)
+    for name in DOCKER_FILES
+    for path in json_paths(json.loads((MIXED / name).read_text()))
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(PATHS), JSON_VALUES)
+def test_any_field_replaced_by_any_value_parses_or_is_a_source_error(where, value):
+    name, path = where
+    files = load()
+    document = json.loads(files[name])
+    if path:
+        parent = document
+        for key in path[:-1]:
+            parent = parent[key]
+        parent[path[-1]] = value
+    else:
+        document = value
+    files[name] = json.dumps(document)
+    try:
+        parse(files)
+    except SourceError as error:
+        assert str(error).startswith("docker: ") and "\n" not in str(error)
+        assert "unexpected API reply" not in str(error)  # the shape checks caught it, by name
 
 
 def test_fixture_web_id_is_what_the_shape_cases_expect():
