@@ -127,7 +127,7 @@ def test_hung_api_cannot_outlast_the_check_timeout(host, scenario):
             api.base_url, "--format=json", "--docker.timeout=30s", "--check.timeout=1s"
         )
         elapsed = time.monotonic() - began
-    assert 1.0 <= elapsed < 2.0
+    assert 1.0 <= elapsed < 2.5  # the deadline, plus slack for a loaded machine
     assert_cli_failed_cleanly(run, "timed out after 1s")
 
 

@@ -120,7 +120,7 @@ def test_hung_tool_is_killed_at_the_timeout(host, scenario, tool):
         run = host.check(api.base_url, "--check.timeout=1s")
         cli_elapsed = time.monotonic() - began
     assert_source_down(report, TOOLS[tool], "timed out after 1s")
-    assert elapsed < 2.0 and cli_elapsed < 2.0
+    assert elapsed < 2.5 and cli_elapsed < 2.5  # the 1 s timeout + the other sources + slack
     assert_cli_failed_cleanly(run)
 
 
