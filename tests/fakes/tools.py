@@ -105,6 +105,8 @@ class FakeTools:
             f"cat {shlex.quote(str(err))} >&2",
         ]
         if tool.hang:
+            # The pid is sleep's too (exec), so a test can see it was killed.
+            lines.append(f"echo $$ > {shlex.quote(str(self._data / f'{name}.pid'))}")
             lines.append("exec sleep 3600")
         lines.append(f"exit {tool.exit_code}")
         script = self.directory / name
@@ -115,6 +117,10 @@ class FakeTools:
     def output(self, name: str) -> str:
         """What the tool prints on stdout now."""
         return (self._data / f"{name}.out").read_text(encoding="utf-8", errors="surrogateescape")
+
+    def hung_pid(self, name: str) -> int:
+        """The pid of the last run of a hanging tool."""
+        return int((self._data / f"{name}.pid").read_text())
 
     def remove(self, name: str) -> None:
         (self.directory / name).unlink(missing_ok=True)

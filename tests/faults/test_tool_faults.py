@@ -12,6 +12,7 @@ fail their source too.
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -116,6 +117,7 @@ def test_hung_tool_is_killed_at_the_timeout(host, scenario, tool):
         began = time.monotonic()
         report = check(host, api)
         elapsed = time.monotonic() - began
+        assert not os.path.exists(f"/proc/{host.tools.hung_pid(tool)}")  # killed and reaped
         began = time.monotonic()
         run = host.check(api.base_url, "--check.timeout=1s")
         cli_elapsed = time.monotonic() - began
