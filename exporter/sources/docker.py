@@ -14,6 +14,13 @@ container is gone, and refreshed when the container was renamed or when the link
 shows for it ("/PARENT/ALIAS" among a child's Names) no longer match its cached HostConfig.Links
 (a child renamed or removed changes them). A container's addresses are NOT fixed across restarts,
 so parse() takes them from the list reply only, never from the (possibly old) inspect reply.
+
+Replies fail closed: a field parse() or the cache relies on that is missing or of another shape is
+a SourceError naming the call and the field (`docker: GET /containers/json: container 3 has no
+Id`), never a container or network silently left out. The one legit gap is a container that
+stops between the list and its inspect (HTTP 404): it is left out, since it has no flows any more,
+but only once a second list confirms it is gone; a daemon that lists a container it cannot
+inspect fails the source.
 """
 
 from __future__ import annotations
@@ -105,8 +112,9 @@ class DockerSource:
         version = self._call("GET /version", client.version)
         networks = self._call("GET /networks", client.networks)
         listed = self._call("GET /containers/json", client.containers, all=False)
-        if not isinstance(listed, list) or not isinstance(networks, list):
-            raise SourceError("docker: unexpected reply to GET /containers/json or GET /networks")
+        # The cache logic below relies on these shapes; parse() checks the rest.
+        check_list_reply(listed)
+        _check_kind(networks, list, "GET /networks: reply")
 
         running = {c["Id"]: c for c in listed}
         for gone in set(self._cache) - set(running):
@@ -126,14 +134,9 @@ class DockerSource:
                 reply = None
             if reply is None:
                 self._inspect_calls += 1
-                try:
-                    reply = self._call(
-                        f"GET /containers/{cid[:12]}/json", client.inspect_container, cid
-                    )
-                except Exception as error:  # noqa: BLE001
-                    if _is_not_found(error):
-                        continue  # removed between the list and the inspect: not running
-                    raise
+                reply = self._inspect(client, cid)
+                if reply is None:
+                    continue  # it died between the list and the inspect: see _inspect
                 self._cache[cid] = reply
             inspected.append(reply)
             kept.append(entry)
@@ -144,6 +147,31 @@ class DockerSource:
             INSPECT_FILE: _dump(inspected),
         }
 
+    def _inspect(self, client: Any, cid: str) -> dict[str, Any] | None:
+        """The inspect reply of a listed container; None when it is gone (HTTP 404).
+
+        A container that stops between the list and the inspect is the one legit race: it has no
+        flows any more, so it is left out. A 404 is believed only when a second list no longer
+        shows the container: a daemon that lists a container it cannot inspect would otherwise
+        make us silently drop it, and its flows with it.
+        """
+        what = f"GET /containers/{cid[:12]}/json"
+        try:
+            reply = self._call(what, client.inspect_container, cid)
+        except Exception as error:  # noqa: BLE001 - only a 404 reaches here (see _call)
+            if not _is_not_found(error):
+                raise
+            relisted = self._call("GET /containers/json", client.containers, all=False)
+            check_list_reply(relisted)
+            if any(entry["Id"] == cid for entry in relisted):
+                raise SourceError(
+                    f"docker: {what} answered 404 (no such container) but GET /containers/json "
+                    "still lists it; is dockerd healthy?"
+                ) from None
+            return None
+        check_inspect_reply(reply, cid)
+        return reply  # type: ignore[no-any-return]
+
     # -- parse ----------------------------------------------------------------------------------
 
     def parse(self, files: Mapping[str, str]) -> DockerState:
@@ -151,64 +179,166 @@ class DockerSource:
 
 
 def parse_docker(files: Mapping[str, str]) -> DockerState:
+    """The Docker state, from replies whose every field used here has the expected shape.
+
+    Fails closed: a reply of another shape (a field missing or of the wrong type, an address or
+    port that does not parse, a container attached to a network the networks reply lacks) is a
+    SourceError naming the call and the field, never a container or network silently left out:
+    a container left out hides its flows.
+    """
+    try:
+        return _parse_docker(files)
+    except (KeyError, TypeError, AttributeError, ValueError) as error:
+        # Last resort for a shape the checks below missed: still one line, never a traceback.
+        kind = type(error).__name__
+        raise SourceError(f"docker: unexpected API reply: {kind}: {error}") from None
+
+
+def _parse_docker(files: Mapping[str, str]) -> DockerState:
     version = _load(files, VERSION_FILE, dict)
     networks_reply = _load(files, NETWORKS_FILE, list)
     listed = _load(files, CONTAINERS_FILE, list)
     inspected = _load(files, INSPECT_FILE, list)
-    try:
-        networks = tuple(_network(n) for n in networks_reply if n.get("Driver") == "bridge")
-        by_id = {n.id: n for n in networks}
-        by_name = {n.name: n for n in networks}
-        replies = {r["Id"]: r for r in inspected}
-        names: dict[str, str] = {}
-        for entry in listed:
-            reply = replies.get(entry["Id"])
-            if reply is None:
-                raise SourceError(
-                    f"docker: {INSPECT_FILE} has no reply for container {entry['Id'][:12]}"
-                )
-            names[reply["Name"].lstrip("/")] = entry["Id"]
-        containers = tuple(
-            _container(entry, replies[entry["Id"]], by_id, by_name, names) for entry in listed
-        )
-    except SourceError:
-        raise
-    except (KeyError, TypeError, AttributeError, ValueError) as error:
-        kind = type(error).__name__
-        raise SourceError(f"docker: unexpected API reply: {kind}: {error}") from None
+    for key in ("Version", "ApiVersion"):
+        _check_kind(version.get(key, ""), str, f"GET /version: {key}")
+    check_list_reply(listed)
+    replies: dict[str, dict[str, Any]] = {}
+    for number, reply in enumerate(inspected, 1):
+        _check_kind(reply, dict, f"{INSPECT_FILE}: reply {number}")
+        cid = reply.get("Id")
+        _check_kind(cid, str, f"{INSPECT_FILE}: reply {number}: Id")
+        check_inspect_reply(reply, cid)
+        replies[cid] = reply
+    all_networks = [_any_network(reply, number) for number, reply in enumerate(networks_reply, 1)]
+    known = {key for net_id, name in all_networks for key in (net_id, name)}
+    networks = tuple(_network(reply) for reply in networks_reply if reply.get("Driver") == "bridge")
+    by_id = {n.id: n for n in networks}
+    by_name = {n.name: n for n in networks}
+    names: dict[str, str] = {}
+    for entry in listed:
+        reply = replies.get(entry["Id"])
+        if reply is None:
+            raise SourceError(
+                f"docker: {INSPECT_FILE} has no reply for container {entry['Id'][:12]}"
+            )
+        names[reply["Name"].lstrip("/")] = entry["Id"]
+    containers = tuple(
+        _container(entry, replies[entry["Id"]], by_id, by_name, known, names) for entry in listed
+    )
     return DockerState(
-        version=str(version.get("Version", "")),
-        api_version=str(version.get("ApiVersion", "")),
+        version=version.get("Version", ""),
+        api_version=version.get("ApiVersion", ""),
         networks=networks,
         containers=containers,
     )
 
 
+# -- reply shapes -------------------------------------------------------------------------------
+
+_KIND_NAMES = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
+
+
+def _check_kind(value: Any, kind: type, where: str, *, null_ok: bool = False) -> None:
+    if value is None and null_ok:
+        return
+    # bool is an int in Python, but no field read here is a number.
+    if not isinstance(value, kind):
+        got = "null" if value is None else f"a JSON {_json_kind(value)}"
+        raise SourceError(f"docker: {where} is {got}, not {_KIND_NAMES[kind]}")
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def _present(reply: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+    """A field that may be absent or null (Docker omits empty ones): its value or an empty one."""
+    value = reply.get(key)
+    _check_kind(value, kind, f"{where}: {key}", null_ok=True)
+    return value if value is not None else kind()
+
+
+def check_list_reply(listed: Any) -> None:
+    """GET /containers/json: a list of objects, each with an Id and Names (a list of strings)."""
+    where = "GET /containers/json"
+    _check_kind(listed, list, f"{where}: reply")
+    seen: set[str] = set()
+    for number, entry in enumerate(listed, 1):
+        _check_kind(entry, dict, f"{where}: container {number}")
+        cid = entry.get("Id")
+        if cid is None or cid == "":
+            raise SourceError(f"docker: {where}: container {number} has no Id")
+        _check_kind(cid, str, f"{where}: container {number}: Id")
+        if cid in seen:
+            raise SourceError(f"docker: {where}: container {cid[:12]} is listed twice")
+        seen.add(cid)
+        names = entry.get("Names")
+        _check_kind(names, list, f"{where}: container {cid[:12]}: Names")
+        for name in names:
+            _check_kind(name, str, f"{where}: container {cid[:12]}: Names entry")
+        settings = _present(entry, "NetworkSettings", dict, f"{where}: container {cid[:12]}")
+        _present(settings, "Networks", dict, f"{where}: container {cid[:12]}: NetworkSettings")
+
+
+def check_inspect_reply(reply: Any, cid: str) -> None:
+    """GET /containers/ID/json: the fields the cache and parse() read."""
+    where = f"GET /containers/{cid[:12]}/json"
+    _check_kind(reply, dict, f"{where}: reply")
+    if reply.get("Id") != cid:
+        raise SourceError(f"docker: {where}: reply is for container {reply.get('Id')!r}")
+    _check_kind(reply.get("Name"), str, f"{where}: Name")
+    config = _present(reply, "Config", dict, where)
+    _present(config, "ExposedPorts", dict, f"{where}: Config")
+    host_config = _present(reply, "HostConfig", dict, where)
+    for link in _present(host_config, "Links", list, f"{where}: HostConfig"):
+        _check_kind(link, str, f"{where}: HostConfig.Links entry")
+
+
+def _any_network(reply: Any, number: int) -> tuple[str, str]:
+    """(Id, Name) of any network in GET /networks, whatever its driver."""
+    _check_kind(reply, dict, f"GET /networks: network {number}")
+    net_id, name = reply.get("Id"), reply.get("Name")
+    if not net_id or not isinstance(net_id, str):
+        raise SourceError(f"docker: GET /networks: network {number} has no Id")
+    _check_kind(name, str, f"GET /networks: network {net_id[:12]}: Name")
+    _check_kind(reply.get("Driver"), str, f"GET /networks: network {name}: Driver")
+    return net_id, name
+
+
 def _network(reply: Mapping[str, Any]) -> Network:
-    options = reply.get("Options") or {}
-    net_id = reply["Id"]
+    net_id, name = reply["Id"], reply["Name"]
+    where = f"GET /networks: network {name}"
+    options = _present(reply, "Options", dict, where)
+    for key, value in options.items():
+        _check_kind(value, str, f"{where}: Options.{key}")
     icc = True  # Docker's default when the option is absent
     if _OPT_ICC in options:
-        parsed = parse_go_bool(str(options[_OPT_ICC]))
+        parsed = parse_go_bool(options[_OPT_ICC])
         if parsed is None:
-            raise SourceError(
-                f"docker: network {reply.get('Name')} has {_OPT_ICC}={options[_OPT_ICC]!r}"
-            )
+            raise SourceError(f"docker: {where}: Options.{_OPT_ICC} is {options[_OPT_ICC]!r}")
         icc = parsed
-    subnets = tuple(
-        ip_network(c["Subnet"], strict=False)
-        for c in ((reply.get("IPAM") or {}).get("Config") or [])
-        if c.get("Subnet")
-    )
+    ipam = _present(reply, "IPAM", dict, where)
+    subnets = []
+    for config in _present(ipam, "Config", list, f"{where}: IPAM"):
+        _check_kind(config, dict, f"{where}: IPAM.Config entry")
+        subnet = _present(config, "Subnet", str, f"{where}: IPAM.Config")
+        if subnet:
+            try:
+                subnets.append(ip_network(subnet, strict=False))
+            except ValueError:
+                raise SourceError(f"docker: {where}: subnet {subnet!r} is not a network") from None
+    for key in ("Internal", "EnableIPv6"):
+        _check_kind(reply.get(key, False), bool, f"{where}: {key}")
     return Network(
         id=net_id,
-        name=reply["Name"],
+        name=name,
         bridge=options.get(_OPT_BRIDGE_NAME) or "br-" + net_id[:12],
         icc=icc,
-        internal=bool(reply.get("Internal")),
-        default_bridge=parse_go_bool(str(options.get(_OPT_DEFAULT_BRIDGE, ""))) is True,
-        subnets=subnets,
-        enable_ipv6=bool(reply.get("EnableIPv6")),
+        internal=reply.get("Internal", False),
+        default_bridge=parse_go_bool(options.get(_OPT_DEFAULT_BRIDGE, "")) is True,
+        subnets=tuple(subnets),
+        enable_ipv6=reply.get("EnableIPv6", False),
     )
 
 
@@ -217,67 +347,100 @@ def _container(
     reply: Mapping[str, Any],
     by_id: Mapping[str, Network],
     by_name: Mapping[str, Network],
+    known: set[str],
     names: Mapping[str, str],
 ) -> Container:
     cid = entry["Id"]
-    config = reply.get("Config") or {}
+    inspect_where = f"GET /containers/{cid[:12]}/json"
+    # Shapes checked by check_inspect_reply: Config and ExposedPorts are objects or null.
+    ports = (reply.get("Config") or {}).get("ExposedPorts") or {}
     exposed = tuple(
-        sorted(
-            (_exposed(key) for key in (config.get("ExposedPorts") or {})),
-            key=lambda p: (p.protocol, p.port),
-        )
+        sorted((_exposed(key, inspect_where) for key in ports), key=lambda p: (p.protocol, p.port))
     )
-    endpoints: list[Endpoint] = []
-    attached = ((entry.get("NetworkSettings") or {}).get("Networks")) or {}
-    for net_name, settings in attached.items():
-        network = by_id.get(settings.get("NetworkID") or "") or by_name.get(net_name)
-        if network is None:
-            continue  # not a bridge network
-        endpoints.append(
-            Endpoint(
-                network_id=network.id,
-                ipv4=_address(settings.get("IPAddress"), IPv4Address),
-                ipv6=_address(settings.get("GlobalIPv6Address"), IPv6Address),
-            )
-        )
-    links: list[Link] = []
-    for text in (reply.get("HostConfig") or {}).get("Links") or []:
-        child, alias = _link(text)
-        child_id = names.get(child)
-        if child_id is None:
-            continue  # the child is not running: Docker has no rules for this link now
-        links.append(Link(parent_id=cid, child_id=child_id, alias=alias))
     return Container(
         id=cid,
         name=reply["Name"].lstrip("/"),
         exposed=exposed,
-        endpoints=tuple(endpoints),
-        links=tuple(links),
+        endpoints=_endpoints(entry, by_id, by_name, known),
+        links=_links(cid, reply, names),
     )
 
 
-def _exposed(key: str) -> ExposedPort:
+def _endpoints(
+    entry: Mapping[str, Any],
+    by_id: Mapping[str, Network],
+    by_name: Mapping[str, Network],
+    known: set[str],
+) -> tuple[Endpoint, ...]:
+    cid = entry["Id"]
+    where = f"GET /containers/json: container {cid[:12]}"
+    endpoints: list[Endpoint] = []
+    attached = (entry.get("NetworkSettings") or {}).get("Networks") or {}
+    for net_name, settings in attached.items():
+        here = f"{where}: network {net_name}"
+        _check_kind(settings, dict, here)
+        net_id = _present(settings, "NetworkID", str, here)
+        if net_id not in known and net_name not in known:
+            # Created after GET /networks (a race) or a lie: either way its rules are unknown.
+            raise SourceError(f"docker: {here} is not in the GET /networks reply")
+        network = by_id.get(net_id) or by_name.get(net_name)
+        if network is None:
+            continue  # host, none, macvlan...: Docker writes no bridge rules for these
+        endpoints.append(
+            Endpoint(
+                network_id=network.id,
+                ipv4=_address(_present(settings, "IPAddress", str, here), IPv4Address, here),
+                ipv6=_address(
+                    _present(settings, "GlobalIPv6Address", str, here), IPv6Address, here
+                ),
+            )
+        )
+    return tuple(endpoints)
+
+
+def _links(cid: str, reply: Mapping[str, Any], names: Mapping[str, str]) -> tuple[Link, ...]:
+    links: list[Link] = []
+    for text in (reply.get("HostConfig") or {}).get("Links") or []:
+        child, alias = _link(text, f"GET /containers/{cid[:12]}/json")
+        child_id = names.get(child)
+        if child_id is None:
+            continue  # the child is not running: Docker has no rules for this link now
+        links.append(Link(parent_id=cid, child_id=child_id, alias=alias))
+    return tuple(links)
+
+
+def _exposed(key: str, where: str) -> ExposedPort:
     port, _, protocol = key.partition("/")
     protocol = protocol or "tcp"
-    if protocol not in _PROTOCOLS or not port.isdigit():
-        raise SourceError(f"docker: cannot read exposed port {key!r}")
+    if (
+        protocol not in _PROTOCOLS
+        or not port.isascii()
+        or not port.isdigit()
+        or not 1 <= int(port) <= 65535
+    ):
+        raise SourceError(
+            f"docker: {where}: cannot read exposed port {key!r} (want 1-65535/tcp|udp|sctp)"
+        )
     return ExposedPort(int(port), protocol)  # type: ignore[arg-type]
 
 
-def _address(text: str | None, kind: type) -> Any:
+def _address(text: str, kind: type, where: str) -> Any:
     if not text:
         return None
-    address = ip_address(text)
+    try:
+        address = ip_address(text)
+    except ValueError:
+        raise SourceError(f"docker: {where}: {text!r} is not an IP address") from None
     if not isinstance(address, kind):
-        raise SourceError(f"docker: {text!r} is not an {kind.__name__}")
+        raise SourceError(f"docker: {where}: {text!r} is not an {kind.__name__}")
     return address
 
 
-def _link(text: str) -> tuple[str, str]:
+def _link(text: str, where: str) -> tuple[str, str]:
     """'/web:/client/db' -> child "web", alias "db" (the parent is the inspected container)."""
     child, sep, path = text.partition(":")
     if not sep or not child.strip("/") or "/" not in path.strip("/"):
-        raise SourceError(f"docker: cannot read link {text!r}")
+        raise SourceError(f"docker: {where}: cannot read link {text!r}")
     return child.lstrip("/"), path.rsplit("/", 1)[1]
 
 
@@ -380,10 +543,17 @@ def describe_error(host: str, what: str, error: BaseException, timeout: float) -
                 f"docker: cannot reach {host}: connection refused; is dockerd running? "
                 "set --docker.host"
             )
-    status = getattr(error, "status_code", None)
-    if status is not None:
-        explanation = getattr(error, "explanation", None) or error
-        return f"docker: {what} failed with HTTP {status}: {explanation}"
-    if names & {"ConnectionError", "ProtocolError", "DockerException"}:
+    for item in chain:
+        status = getattr(item, "status_code", None)
+        if status is not None:
+            explanation = getattr(item, "explanation", None) or item
+            return f"docker: {what} failed with HTTP {status}: {explanation}"
+    if names & {"IncompleteRead", "ChunkedEncodingError"}:
+        return f"docker: {what} on {host}: the reply was cut short; is dockerd restarting?"
+    if names & {"JSONDecodeError"}:
+        return f"docker: {what} on {host}: the reply is not JSON; is this a Docker API?"
+    if names & {"ConnectionError", "ProtocolError"}:
         return f"docker: cannot reach {host}: {error}; is dockerd running? set --docker.host"
+    if "DockerException" in names:
+        return f"docker: {what} failed: {error}"
     return f"docker: {what} failed: {type(error).__name__}: {error}"

@@ -159,6 +159,10 @@ def parse_settings(files: Mapping[str, str]) -> HostSettings:
             return Setting(flags[key], "cmdline")
         if config is not None and isinstance(config.get(key), bool):
             return Setting(config[key], "daemon.json")  # type: ignore[arg-type]
+        if config is not None and config.get(key) is not None:
+            # dockerd refuses to start with such a value: the file changed since, or it is not
+            # the one dockerd read. Either way the running value is unknown, not the default.
+            return Setting(None, "unknown")
         if argv is not None and config_ok:
             return Setting(default, "default")
         return Setting(None, "unknown")

@@ -10,6 +10,8 @@ from pathlib import Path
 import docker.errors
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exporter.model import Endpoint, ExposedPort, Link
 from exporter.sources.base import SourceError
@@ -145,6 +147,221 @@ def test_bad_exposed_port_is_a_source_error():
         parse(files)
 
 
+# -- replies of the wrong shape fail closed ---------------------------------------------------
+
+
+def edit(files, name, change):
+    value = json.loads(files[name])
+    change(value)
+    files[name] = json.dumps(value)
+    return files
+
+
+def web_entry(listed):
+    return next(c for c in listed if "/web" in c["Names"])
+
+
+def web_reply(inspected):
+    return next(i for i in inspected if i["Name"] == "/web")
+
+
+WEB = "b5641a140042"  # the fixture's web container
+
+
+def web_bridge(listed):
+    return web_entry(listed)["NetworkSettings"]["Networks"]["bridge"]
+
+
+SHAPE_CASES = {
+    "no Id": (
+        CONTAINERS_FILE,
+        lambda v: v[2].pop("Id"),
+        "docker: GET /containers/json: container 3 has no Id",
+    ),
+    "Id not a string": (
+        CONTAINERS_FILE,
+        lambda v: v[0].update(Id=5),
+        "docker: GET /containers/json: container 1: Id is a JSON number, not a string",
+    ),
+    "Names not a list": (
+        CONTAINERS_FILE,
+        lambda v: web_entry(v).update(Names="/web"),
+        None,  # web is no longer findable by name; checked below by id
+    ),
+    "list where an object": (
+        CONTAINERS_FILE,
+        lambda v: v.__setitem__(0, ["x"]),
+        "docker: GET /containers/json: container 1 is a JSON list, not an object",
+    ),
+    "container twice": (
+        CONTAINERS_FILE,
+        lambda v: v.append(v[0]),
+        "is listed twice",
+    ),
+    "bad IPv4": (
+        CONTAINERS_FILE,
+        lambda v: web_bridge(v).update(IPAddress="999.1.1.1"),
+        f"docker: GET /containers/json: container {WEB}: network bridge: '999.1.1.1' "
+        "is not an IP address",
+    ),
+    "IPv6 where IPv4": (
+        CONTAINERS_FILE,
+        lambda v: web_bridge(v).update(IPAddress="fd00::1"),
+        "'fd00::1' is not an IPv4Address",
+    ),
+    "network settings not an object": (
+        CONTAINERS_FILE,
+        lambda v: web_entry(v)["NetworkSettings"]["Networks"].update(bridge=[]),
+        f"docker: GET /containers/json: container {WEB}: network bridge is a JSON list",
+    ),
+    "network unknown to GET /networks": (
+        CONTAINERS_FILE,
+        lambda v: web_entry(v)["NetworkSettings"]["Networks"].update(
+            newnet=dict(web_bridge(v), NetworkID="f" * 64)
+        ),
+        f"docker: GET /containers/json: container {WEB}: network newnet is not in the "
+        "GET /networks reply",
+    ),
+    "port out of range": (
+        INSPECT_FILE,
+        lambda v: web_reply(v)["Config"].update(ExposedPorts={"99999/tcp": {}}),
+        f"docker: GET /containers/{WEB}/json: cannot read exposed port '99999/tcp'",
+    ),
+    "port zero": (
+        INSPECT_FILE,
+        lambda v: web_reply(v)["Config"].update(ExposedPorts={"0/udp": {}}),
+        "cannot read exposed port '0/udp'",
+    ),
+    "ExposedPorts a list": (
+        INSPECT_FILE,
+        lambda v: web_reply(v)["Config"].update(ExposedPorts=["80/tcp"]),
+        f"docker: GET /containers/{WEB}/json: Config: ExposedPorts is a JSON list, not an object",
+    ),
+    "Name missing": (
+        INSPECT_FILE,
+        lambda v: web_reply(v).pop("Name"),
+        None,
+    ),
+    "link not a string": (
+        INSPECT_FILE,
+        lambda v: next(i for i in v if i["Name"] == "/client")["HostConfig"].update(Links=[1]),
+        "HostConfig.Links entry is a JSON number, not a string",
+    ),
+    "bad subnet": (
+        NETWORKS_FILE,
+        lambda v: next(n for n in v if n["Name"] == "bridge")["IPAM"]["Config"][0].update(
+            Subnet="172.17.0.0/99"
+        ),
+        "docker: GET /networks: network bridge: subnet '172.17.0.0/99' is not a network",
+    ),
+    "network without Id": (
+        NETWORKS_FILE,
+        lambda v: v[0].pop("Id"),
+        "docker: GET /networks: network 1 has no Id",
+    ),
+    "option not a string": (
+        NETWORKS_FILE,
+        lambda v: next(n for n in v if n["Name"] == "bridge")["Options"].update(
+            {"com.docker.network.bridge.enable_icc": False}
+        ),
+        "Options.com.docker.network.bridge.enable_icc is a JSON boolean, not a string",
+    ),
+    "Internal not a boolean": (
+        NETWORKS_FILE,
+        lambda v: next(n for n in v if n["Name"] == "bridge").update(Internal="no"),
+        "Internal is a JSON string, not a boolean",
+    ),
+    "version not a string": (
+        VERSION_FILE,
+        lambda v: v.update(Version=20),
+        "docker: GET /version: Version is a JSON number, not a string",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", SHAPE_CASES)
+def test_reply_of_the_wrong_shape_is_one_line_naming_the_call(case):
+    name, change, expected = SHAPE_CASES[case]
+    with pytest.raises(SourceError) as caught:
+        parse(edit(load(), name, change))
+    message = str(caught.value)
+    assert message.startswith("docker: ")
+    assert "\n" not in message
+    assert expected is None or expected in message
+
+
+def json_paths(value, prefix=()):
+    """Every path to a value inside a JSON document, as tuples of keys and indexes."""
+    yield prefix
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from json_paths(item, (*prefix, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from json_paths(item, (*prefix, index))
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.just("999.1.1.1"),
+    lambda inner: (
+        st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=4), inner, max_size=2)
+    ),
+    max_leaves=4,
+)
+PATHS = [
+    (name, path)
+    for name in DOCKER_FILES
+    for path in json_paths(json.loads((MIXED / name).read_text()))
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(PATHS), JSON_VALUES)
+def test_any_field_replaced_by_any_value_parses_or_is_a_source_error(where, value):
+    name, path = where
+    files = load()
+    document = json.loads(files[name])
+    if path:
+        parent = document
+        for key in path[:-1]:
+            parent = parent[key]
+        parent[path[-1]] = value
+    else:
+        document = value
+    files[name] = json.dumps(document)
+    try:
+        parse(files)
+    except SourceError as error:
+        assert str(error).startswith("docker: ") and "\n" not in str(error)
+        assert "unexpected API reply" not in str(error)  # the shape checks caught it, by name
+
+
+def test_fixture_web_id_is_what_the_shape_cases_expect():
+    assert any(c.id.startswith(WEB) and c.name == "web" for c in parse(load()).containers)
+
+
+def test_non_json_reply_is_one_line():
+    files = load()
+    files[INSPECT_FILE] = "<html>502 Bad Gateway</html>"
+    with pytest.raises(SourceError, match="docker-inspect.json is not valid JSON"):
+        parse(files)
+
+
+def test_fetch_rejects_a_list_reply_without_ids_before_using_it():
+    client = FakeClient()
+    del client.listed[0]["Id"]
+    with pytest.raises(SourceError, match="GET /containers/json: container 1 has no Id"):
+        DockerSource(None, 1.0, client=client).fetch()
+
+
+def test_fetch_rejects_an_inspect_reply_for_another_container():
+    client = FakeClient()
+    ids = list(client.inspects)
+    client.inspects[ids[0]] = client.inspects[ids[1]]
+    with pytest.raises(SourceError, match=f"GET /containers/{ids[0][:12]}/json: reply is for"):
+        DockerSource(None, 1.0, client=client).fetch()
+
+
 # -- fetch with a fake APIClient ---------------------------------------------------------------
 
 
@@ -261,14 +478,40 @@ def test_parent_is_inspected_again_when_its_link_names_change():
     assert [link.alias for link in containers["client2"].links] == ["peer"]
 
 
+class DyingClient(FakeClient):
+    """A container stops between the list and its inspect: the inspect 404s, a new list lacks it."""
+
+    def __init__(self, dying: str) -> None:
+        super().__init__()
+        self.dying = next(c for c in self.listed if f"/{dying}" in c["Names"])["Id"]
+
+    def inspect_container(self, container_id):
+        if container_id == self.dying:
+            self.listed = [c for c in self.listed if c["Id"] != container_id]
+            del self.inspects[container_id]
+        return super().inspect_container(container_id)
+
+
 def test_container_removed_between_list_and_inspect_is_left_out():
-    client = FakeClient()
-    gone = next(c for c in client.listed if "/loner" in c["Names"])["Id"]
-    del client.inspects[gone]
+    client = DyingClient("loner")
     source = DockerSource(None, 1.0, client=client)
     files = source.fetch()
-    assert all(c["Id"] != gone for c in json.loads(files[CONTAINERS_FILE]))
+    assert all(c["Id"] != client.dying for c in json.loads(files[CONTAINERS_FILE]))
     assert "loner" not in by_name(source.parse(files))
+    assert client.calls.count("containers") == 2  # the 404 was checked against a second list
+
+
+def test_container_listed_but_never_inspectable_fails_closed():
+    client = FakeClient()
+    gone = next(c for c in client.listed if "/loner" in c["Names"])["Id"]
+    del client.inspects[gone]  # still listed: a 404 here is not the race, the daemon is lying
+    source = DockerSource(None, 1.0, client=client)
+    with pytest.raises(SourceError) as caught:
+        source.fetch()
+    assert str(caught.value) == (
+        f"docker: GET /containers/{gone[:12]}/json answered 404 (no such container) but "
+        "GET /containers/json still lists it; is dockerd healthy?"
+    )
 
 
 class BrokenClient(FakeClient):

@@ -106,15 +106,27 @@ def test_garbled_daemon_json_leaves_unset_flags_unknown_not_default():
     assert settings.iptables == Setting(None, "unknown")
 
 
-def test_non_boolean_daemon_json_value_is_ignored():
+def test_non_boolean_daemon_json_value_is_unknown_not_the_default():
     settings = parse_settings(
         {
             CMDLINE_FILE: cmdline(),
-            DAEMON_JSON_FILE: '{"icc": "false"}',
+            DAEMON_JSON_FILE: '{"icc": "false", "iptables": null}',
             SYSCTL_FILE: ON,
         }
     )
-    assert settings.icc == Setting(True, "default")
+    assert settings.icc == Setting(None, "unknown")
+    assert settings.iptables == Setting(True, "default")  # null: as if absent
+
+
+def test_cmdline_wins_over_a_non_boolean_daemon_json_value():
+    settings = parse_settings(
+        {
+            CMDLINE_FILE: cmdline("--icc=false"),
+            DAEMON_JSON_FILE: '{"icc": "yes"}',
+            SYSCTL_FILE: ON,
+        }
+    )
+    assert settings.icc == Setting(False, "cmdline")
 
 
 # -- sysctls -----------------------------------------------------------------------------------
