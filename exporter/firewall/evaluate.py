@@ -52,7 +52,6 @@ PASS_TARGETS = {
 POSTROUTING_NAT = {"SNAT", "MASQUERADE", "snat"}
 
 MAX_DEPTH = 64
-MAX_STEPS = 20_000
 
 
 class Verdict(StrEnum):
@@ -81,8 +80,12 @@ class _Walk:
     packet: Packet
     ctx: MatchContext
     matchers: dict
-    steps: int = 0
     undecided: list[str] = field(default_factory=list)
+    # Outcomes of chains already walked for this packet, by (chain, depth). A chain reached from
+    # many rules (a diamond of jumps) is walked once, so one packet costs at most one pass over
+    # the rules per depth, never one pass per path. Depth is in the key because MAX_DEPTH makes
+    # the outcome depend on it. Its undecidable rules are listed the first time only.
+    walked: dict[tuple[str, int], list[_Outcome]] = field(default_factory=dict)
 
 
 def _where(walk: _Walk, rule: Rule) -> str:
@@ -125,22 +128,28 @@ def _apply(walk: _Walk, rule: Rule, depth: int) -> tuple[list[_Outcome], bool]:
     chain = walk.ruleset.chain(walk.table, target)
     if chain is None or chain.builtin:
         return [_Outcome("UNKNOWN", f"target {target} not evaluated: {where}")], False
-    results = _walk_chain(walk, chain, 0, depth + 1)
+    results = _walk_called(walk, chain, depth + 1)
     if rule.goto:
         return results, False  # a RETURN there returns from the calling chain too
     ends = [o for o in results if o.kind != "RETURN"]
     return ends, len(ends) < len(results)
 
 
-def _walk_chain(walk: _Walk, chain: Chain, start: int, depth: int) -> list[_Outcome]:
-    """Every outcome of walking `chain` from rule `start` on; RETURN when it falls off the end."""
+def _walk_called(walk: _Walk, chain: Chain, depth: int) -> list[_Outcome]:
+    """Outcomes of a jump to a user chain: walked once per packet and depth, then reused."""
+    key = (chain.name, depth)
+    found = walk.walked.get(key)
+    if found is None:
+        found = walk.walked[key] = _walk_chain(walk, chain, depth)
+    return found
+
+
+def _walk_chain(walk: _Walk, chain: Chain, depth: int) -> list[_Outcome]:
+    """Every outcome of walking `chain`; RETURN when it falls off the end."""
     if depth > MAX_DEPTH:
         return [_Outcome("UNKNOWN", f"chain nesting deeper than {MAX_DEPTH} at {chain.name}")]
     outcomes: list[_Outcome] = []
-    for rule in chain.rules[start:]:
-        walk.steps += 1
-        if walk.steps > MAX_STEPS:
-            return outcomes + [_Outcome("UNKNOWN", "too many undecidable rules to follow")]
+    for rule in chain.rules:
         matched = rule_matches(rule, walk.packet, walk.ctx, walk.matchers)
         if matched is False:
             continue
@@ -157,7 +166,7 @@ def _walk_chain(walk: _Walk, chain: Chain, start: int, depth: int) -> list[_Outc
 
 def _walk_builtin(walk: _Walk, chain: Chain) -> list[_Outcome]:
     outcomes = []
-    for outcome in _walk_chain(walk, chain, 0, 0):
+    for outcome in _walk_chain(walk, chain, 0):
         if outcome.kind == "RETURN":
             policy = chain.policy or "ACCEPT"
             kind = "ACCEPT" if policy == "ACCEPT" else "DROP" if policy == "DROP" else "UNKNOWN"
