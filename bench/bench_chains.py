@@ -143,7 +143,10 @@ def main() -> None:
         report, rules = runs[-1][2], runs[-1][3]
         total = parse_s + decide_s
         memory = peak_memory(dump, state) / 2**20
-        floor = None if args.no_kernel else kernel_floor(dump, args.repeat)
+        try:
+            floor = None if args.no_kernel else kernel_floor(dump, args.repeat)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            sys.exit(f"floor not measured ({exc}): run as root, or pass --no-kernel")
         verdicts = ",".join(
             f"{c.expected}/{c.actual}={c.count}"
             for c in report.flow_counts  # type: ignore[attr-defined]
