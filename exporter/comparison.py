@@ -11,8 +11,16 @@ from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 
 from exporter.expectations import ExpectedRule, Member, NetworkExpectation, rule_identity
-from exporter.firewall.matches import ADDRESS_OPTIONS, MATCHERS, MatchContext, Packet, side_of
-from exporter.firewall.rules import Rule, Ruleset
+from exporter.firewall.matches import (
+    ADDRESS_OPTIONS,
+    MATCHERS,
+    MatchContext,
+    Packet,
+    host_address,
+    in_network,
+    side_of,
+)
+from exporter.firewall.rules import Option, Rule, Ruleset
 from exporter.firewall.state import FirewallState
 from exporter.model import HostSettings
 from exporter.report import (
@@ -125,6 +133,7 @@ class _IntraBridge:
     def __init__(self, expectation: NetworkExpectation, ctx: MatchContext) -> None:
         self.expectation = expectation
         self.members = expectation.members.get("ipv4", ())
+        self.addresses = {m.address for m in self.members}
         self.ctx = ctx
         bridge = expectation.network.bridge
         first = self.members[0].address if self.members else None
@@ -143,6 +152,8 @@ class _IntraBridge:
                 if key in ADDRESS_OPTIONS:
                     side = side_of(match.module, option, ADDRESS_OPTIONS)
                     decide = ADDRESS_OPTIONS[key][1]
+                    if side and self._names_no_member(option, decide):
+                        return None  # found without asking every member about every such rule
                     if side == "src":
                         sources = [
                             m for m in sources if decide(option, m.address, self.ctx) is not False
@@ -160,6 +171,14 @@ class _IntraBridge:
         if not sources or not targets or (len(sources) == 1 and sources == targets):
             return None
         return sources, targets
+
+    def _names_no_member(self, option: Option, decide: object) -> bool:
+        """Whether the option allows one host only, and no member has it (an allow-list of
+        remote hosts: networks x rules x members if each member were asked)."""
+        if decide is not in_network or option.negated:
+            return False
+        host = host_address(option)
+        return host is not None and host not in self.addresses
 
 
 def _names(members: Iterable[Member]) -> tuple[str, ...]:

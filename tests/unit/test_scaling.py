@@ -208,3 +208,45 @@ def test_a_packet_reads_the_link_rules_of_its_own_hosts_only(
     # Each link's flows are evaluated one by one; without an index each of their packets reads
     # the -s of all 2 x links rules: ~4 x links² decisions.
     assert decided[0] <= 20 * links
+
+
+class CountingAddress(IPv4Address):
+    """A container address that counts how often an address match reads its version."""
+
+    reads = 0
+
+    @property
+    def version(self) -> int:
+        CountingAddress.reads += 1
+        return 4
+
+
+def test_an_allow_list_of_remote_hosts_is_not_checked_against_every_member() -> None:
+    networks, members, remote = 20, 10, 1000
+    nets, containers = [], []
+    for n in range(networks):
+        net = L.network(f"net{n}", f"br-{n}", False, f"10.{n}.0.0/24")
+        nets.append(net)
+        for k in range(members):
+            made = L.container(f"c{n}-{k}", net, f"10.{n}.0.{k + 2}")
+            endpoint = replace(made.endpoints[0], ipv4=CountingAddress(f"10.{n}.0.{k + 2}"))
+            containers.append(replace(made, endpoints=(endpoint,)))
+    state = DockerState("test", "1.41", tuple(nets), tuple(containers))
+    allow = "".join(
+        f"-A FORWARD -s {IPv4Address(int(IPv4Address('198.18.0.1')) + i)}/32 -j ACCEPT\n"
+        for i in range(remote)
+    )
+    member = "-A FORWARD -s 10.3.0.2/32 -j ACCEPT\n"
+    drops = "".join(f"-A FORWARD -i br-{n} -o br-{n} -j DROP\n" for n in range(networks))
+    text = f"*filter\n:FORWARD DROP [0:0]\n{allow}{member}{drops}COMMIT\n"
+    firewall = FirewallState(
+        primary_backend="nft", rulesets=(parse_iptables_save(text, "ipv4", "nft"),)
+    )
+    CountingAddress.reads = 0
+
+    findings, _ = rule_findings(network_expectations(state), firewall)
+
+    # Only the rule naming a member is reported: c3-0 may reach every other member of net3.
+    assert {(f.kind, f.network) for f in findings} == {("unexpected_accept_rule", "net3")}
+    # Asking every member of every network about every rule: 20 x 1,000 x 10 reads.
+    assert CountingAddress.reads <= 10 * networks * members
