@@ -7,12 +7,20 @@ state.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 
 from exporter.expectations import ExpectedRule, Member, NetworkExpectation, rule_identity
-from exporter.firewall.matches import ADDRESS_OPTIONS, MATCHERS, MatchContext, Packet, side_of
-from exporter.firewall.rules import Rule, Ruleset
+from exporter.firewall.matches import (
+    ADDRESS_OPTIONS,
+    MATCHERS,
+    MatchContext,
+    Packet,
+    host_address,
+    in_network,
+    side_of,
+)
+from exporter.firewall.rules import Option, Rule, Ruleset
 from exporter.firewall.state import FirewallState
 from exporter.model import HostSettings
 from exporter.report import (
@@ -45,21 +53,25 @@ def iptables_command(backend: str | None, family: str = "ipv4") -> str:
 
 
 def _reachable_chains(ruleset: Ruleset, table: str, start: str) -> list[str]:
-    """Chains a packet entering `start` can reach, in discovery order."""
-    seen: list[str] = []
-    pending = [start]
+    """Chains a packet entering `start` can reach, in discovery (breadth-first) order.
+
+    Each chain is queued once: in a FIFO queue the order of first push is the order of first pop,
+    so marking on push gives the same order as skipping repeats on pop, in one pass over the rules.
+    """
+    if ruleset.chain(table, start) is None:
+        return []
+    order = [start]
+    queued = {start}
+    pending = deque(order)
     while pending:
-        name = pending.pop(0)
-        if name in seen:
-            continue
-        chain = ruleset.chain(table, name)
-        if chain is None:
-            continue
-        seen.append(name)
-        for rule in chain.rules:
-            if rule.target and ruleset.chain(table, rule.target) is not None:
-                pending.append(rule.target)
-    return seen
+        chain = ruleset.chain(table, pending.popleft())
+        for rule in chain.rules:  # type: ignore[union-attr]  (only existing chains are queued)
+            target = rule.target
+            if target and target not in queued and ruleset.chain(table, target) is not None:
+                queued.add(target)
+                order.append(target)
+                pending.append(target)
+    return order
 
 
 def _forward_rules(ruleset: Ruleset) -> Iterator[Rule]:
@@ -67,6 +79,35 @@ def _forward_rules(ruleset: Ruleset) -> Iterator[Rule]:
         chain = ruleset.chain("filter", name)
         if chain is not None:
             yield from chain.rules
+
+
+class _Forward:
+    """What every network asks of one ruleset's FORWARD path, computed once per check: walking
+    the reachable rules again per network costs networks x rules."""
+
+    def __init__(self, ruleset: Ruleset) -> None:
+        self.ruleset = ruleset
+        rules = list(_forward_rules(ruleset))
+        # ACCEPT rules with their identity, in path order.
+        self.accepts = [(rule, _identity(rule)) for rule in rules if rule.target == "ACCEPT"]
+        self.accept_ids = {identity for _, identity in self.accepts}
+        # Bridges with Docker's `-i B -o B -j DROP` (and no other builtin match).
+        self.icc_drop_bridges = {bridge for rule in rules if (bridge := _icc_drop_bridge(rule))}
+        forward = ruleset.chain("filter", "FORWARD")
+        self.policy_drops = forward is not None and forward.policy == "DROP"
+
+
+def _icc_drop_bridge(rule: Rule) -> str | None:
+    if rule.target != "DROP":
+        return None
+    builtin = {(o.name, o.args, o.negated) for o in rule.options("")}
+    if len(builtin) != 2:
+        return None
+    by_name = {name: (args, negated) for name, args, negated in builtin}
+    inbound, outbound = by_name.get("-i"), by_name.get("-o")
+    if inbound is None or inbound != outbound or inbound[1] or len(inbound[0]) != 1:
+        return None
+    return inbound[0][0]
 
 
 def _identity(rule: Rule) -> tuple:
@@ -92,6 +133,7 @@ class _IntraBridge:
     def __init__(self, expectation: NetworkExpectation, ctx: MatchContext) -> None:
         self.expectation = expectation
         self.members = expectation.members.get("ipv4", ())
+        self.addresses = {m.address for m in self.members}
         self.ctx = ctx
         bridge = expectation.network.bridge
         first = self.members[0].address if self.members else None
@@ -110,6 +152,8 @@ class _IntraBridge:
                 if key in ADDRESS_OPTIONS:
                     side = side_of(match.module, option, ADDRESS_OPTIONS)
                     decide = ADDRESS_OPTIONS[key][1]
+                    if side and self._names_no_member(option, decide):
+                        return None  # found without asking every member about every such rule
                     if side == "src":
                         sources = [
                             m for m in sources if decide(option, m.address, self.ctx) is not False
@@ -127,6 +171,14 @@ class _IntraBridge:
         if not sources or not targets or (len(sources) == 1 and sources == targets):
             return None
         return sources, targets
+
+    def _names_no_member(self, option: Option, decide: object) -> bool:
+        """Whether the option allows one host only, and no member has it (an allow-list of
+        remote hosts: networks x rules x members if each member were asked)."""
+        if decide is not in_network or option.negated:
+            return False
+        host = host_address(option)
+        return host is not None and host not in self.addresses
 
 
 def _names(members: Iterable[Member]) -> tuple[str, ...]:
@@ -154,15 +206,14 @@ def rule_findings(
         if not r.empty or r.backend == firewall.primary_backend
     ]
     ctx = MatchContext(firewall.ipsets)
+    forwards = [_Forward(ruleset) for ruleset in rulesets]
+    present: set[tuple] = set().union(*(forward.accept_ids for forward in forwards))
     for expectation in expectations:
         network = expectation.network
         members = expectation.members.get("ipv4", ())
         expected_rules = expectation.expected_rules()
         missing = unexpected = 0
         if not network.icc:
-            present: set[tuple] = set()
-            for ruleset in rulesets:
-                present |= {_identity(r) for r in _forward_rules(ruleset) if r.target == "ACCEPT"}
             expected_ids = set()
             for expected in expected_rules:
                 identity = _expected_identity(expected, rulesets[0]) if rulesets else None
@@ -182,10 +233,10 @@ def rule_findings(
                     ))  # fmt: skip
             intra = _IntraBridge(expectation, ctx)
             addresses = {str(m.address) for m in members}
-            for ruleset in rulesets:
-                command = iptables_command(ruleset.backend)
-                for rule in _forward_rules(ruleset):
-                    if rule.target != "ACCEPT" or _identity(rule) in expected_ids:
+            for forward in forwards:
+                command = iptables_command(forward.ruleset.backend)
+                for rule, identity in forward.accepts:
+                    if identity in expected_ids:
                         continue
                     matched = intra.matched_members(rule)
                     stale = _stale_hosts(rule, network, addresses)
@@ -204,7 +255,7 @@ def rule_findings(
                         containers=_names([*sources, *targets]),
                         rule=rule.text, restore=f"{command} -D {rule.chain} {rule.spec}",
                     ))  # fmt: skip
-            findings.extend(_icc_drop_findings(expectation, rulesets, firewall.primary_backend))
+            findings.extend(_icc_drop_findings(expectation, forwards, firewall.primary_backend))
         statuses.append(
             NetworkStatus(
                 name=network.name,
@@ -245,26 +296,17 @@ def _stale_hosts(rule: Rule, network, addresses: set[str]) -> list[str]:
 
 
 def _icc_drop_findings(
-    expectation: NetworkExpectation, rulesets: list[Ruleset], primary: str | None
+    expectation: NetworkExpectation, forwards: list[_Forward], primary: str | None
 ) -> list[Finding]:
     """Docker writes an explicit DROP for an icc-disabled bridge (every version since 1.x). Its
     absence is drift even while a FORWARD DROP policy still stops the traffic: the next
     `iptables -P FORWARD ACCEPT` (a reload, another tool) would open every pair."""
     bridge = expectation.network.bridge
-    policy_drops = False
-    for ruleset in rulesets:
-        forward = ruleset.chain("filter", "FORWARD")
-        policy_drops = policy_drops or (forward is not None and forward.policy == "DROP")
-        for rule in _forward_rules(ruleset):
-            builtin = {(o.name, o.args, o.negated) for o in rule.options("")}
-            if rule.target == "DROP" and builtin == {
-                ("-i", (bridge,), False),
-                ("-o", (bridge,), False),
-            }:
-                return []
-    if not rulesets:
+    if not forwards or any(bridge in forward.icc_drop_bridges for forward in forwards):
         return []
-    chain = "DOCKER-FORWARD" if rulesets[0].chain("filter", "DOCKER-FORWARD") else "FORWARD"
+    policy_drops = any(forward.policy_drops for forward in forwards)
+    first = forwards[0].ruleset
+    chain = "DOCKER-FORWARD" if first.chain("filter", "DOCKER-FORWARD") else "FORWARD"
     still = (
         "the FORWARD DROP policy still stops it"
         if policy_drops

@@ -109,6 +109,23 @@ def _address_rules(rulesets: Iterable[Ruleset]) -> list[_AddressRule]:
     return found
 
 
+@dataclass(frozen=True)
+class FamilyRules:
+    """What every network of one family reads from the rules, gathered once per check: reading
+    it again per network costs networks x rules."""
+
+    rulesets: tuple[Ruleset, ...]
+    probe: int
+    address_rules: tuple[_AddressRule, ...]
+
+    @classmethod
+    def of(cls, inputs: PathInputs, family: str) -> FamilyRules:
+        rulesets = inputs.firewall.for_family(family)
+        if inputs.firewall.bridge is not None:
+            rulesets += (inputs.firewall.bridge,)
+        return cls(rulesets, probe_port(rulesets), tuple(_address_rules(rulesets)))
+
+
 def _and(a: Tri, b: Tri) -> Tri:
     if a is False or b is False:
         return False
@@ -170,6 +187,7 @@ class NetworkFlows:
         family: str,
         inputs: PathInputs,
         list_all: bool = False,
+        rules: FamilyRules | None = None,
     ) -> None:
         self.expectation = expectation
         self.network = expectation.network
@@ -177,12 +195,9 @@ class NetworkFlows:
         self.inputs = inputs
         self.list_all = list_all
         self.members = expectation.members.get(family, ())
-        rulesets = list(inputs.firewall.for_family(family))
-        if inputs.firewall.bridge is not None:
-            rulesets.append(inputs.firewall.bridge)
-        self.rulesets = rulesets
+        self.rules = rules or FamilyRules.of(inputs, family)
         self.ctx = MatchContext(inputs.firewall.ipsets)
-        self.probe = probe_port(rulesets)
+        self.probe = self.rules.probe
         self.links: dict[tuple[str, str, ExposedPort], LinkFlow] = (
             {
                 (lf.parent.container.id, lf.child.container.id, lf.port): lf
@@ -199,7 +214,7 @@ class NetworkFlows:
         signatures: dict[str, list] = {m.container.id: [] for m in self.members}
         special: set[tuple[str, str]] = set()
         sides = _Sides(self.members, self.ctx)
-        for index, rule in enumerate(_address_rules(self.rulesets)):
+        for index, rule in enumerate(self.rules.address_rules):
             src_default, src = sides.values(rule.src)
             dst_default, dst = sides.values(rule.dst)
             if (src_default is False and not src) or (dst_default is False and not dst):
@@ -345,9 +360,12 @@ def evaluate_flows(
 ) -> tuple[list[Flow], list[FlowCount]]:
     listed: list[Flow] = []
     counts: list[FlowCount] = []
+    rules = {family: FamilyRules.of(inputs, family) for family in ("ipv4", "ipv6")}
     for expectation in expectations:
         for family in ("ipv4", "ipv6"):
-            flows, counted = NetworkFlows(expectation, family, inputs, list_all).run()
+            flows, counted = NetworkFlows(
+                expectation, family, inputs, list_all, rules[family]
+            ).run()
             listed.extend(flows)
             for (expected, actual), count in sorted(counted.items()):
                 counts.append(FlowCount(expectation.network.name, expected, actual, count, family))

@@ -14,12 +14,22 @@ the packet after them is not the one asked about.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
+from heapq import merge
 
-from exporter.firewall.matches import BRIDGE_MATCHERS, MATCHERS, MatchContext, Packet, Tri
+from exporter.firewall.matches import (
+    BRIDGE_MATCHERS,
+    MATCHERS,
+    MatchContext,
+    Packet,
+    Tri,
+    host_address,
+)
 from exporter.firewall.rules import Chain, Rule, Ruleset
 from exporter.firewall.state import FirewallState
+from exporter.model import IPAddress
 
 # Stages as (family kind, table, chain), in the order a bridged packet meets them.
 STAGES: tuple[tuple[str, str, str], ...] = (
@@ -52,7 +62,6 @@ PASS_TARGETS = {
 POSTROUTING_NAT = {"SNAT", "MASQUERADE", "snat"}
 
 MAX_DEPTH = 64
-MAX_STEPS = 20_000
 
 
 class Verdict(StrEnum):
@@ -74,6 +83,46 @@ class _Outcome:
     reason: str
 
 
+class _HostIndex:
+    """A chain's rules by the one source or destination host they require (`-s H/32`, `-d H`).
+
+    Docker writes a pair of such rules per link, all in one chain: without the index every packet
+    reads every link's rules, links x links per check. A rule that requires another host cannot
+    match (in_network says False), so skipping it changes nothing.
+    """
+
+    def __init__(self, chain: Chain) -> None:
+        self.rules = chain.rules
+        self.general: list[int] = []
+        self.by_host: dict[tuple[str, IPAddress], list[int]] = {}
+        for index, rule in enumerate(chain.rules):
+            required = _required_host(rule)
+            if required is None:
+                self.general.append(index)
+            else:
+                self.by_host.setdefault(required, []).append(index)
+
+    def candidates(self, packet: Packet) -> Iterator[Rule]:
+        """In chain order, every rule that may match the packet."""
+        if not self.by_host:
+            return iter(self.rules)
+        by_src = self.by_host.get(("-s", packet.src), ())
+        by_dst = self.by_host.get(("-d", packet.dst), ())
+        return (self.rules[i] for i in merge(self.general, by_src, by_dst))
+
+
+def _required_host(rule: Rule) -> tuple[str, IPAddress] | None:
+    """("-s"|"-d", address) when a builtin address option allows only that host."""
+    if rule.error:
+        return None  # undecidable whatever it names: rule_matches must see it
+    for option in rule.options(""):
+        if option.name in ("-s", "-d") and not option.negated:
+            address = host_address(option)
+            if address is not None:
+                return option.name, address
+    return None
+
+
 @dataclass
 class _Walk:
     ruleset: Ruleset
@@ -81,8 +130,14 @@ class _Walk:
     packet: Packet
     ctx: MatchContext
     matchers: dict
-    steps: int = 0
+    # Host indexes by chain name, shared by every packet of a check (see PathInputs.indexes).
+    indexes: dict[str, _HostIndex]
     undecided: list[str] = field(default_factory=list)
+    # Outcomes of chains already walked for this packet, by (chain, depth). A chain reached from
+    # many rules (a diamond of jumps) is walked once, so one packet costs at most one pass over
+    # the rules per depth, never one pass per path. Depth is in the key because MAX_DEPTH makes
+    # the outcome depend on it. Its undecidable rules are listed the first time only.
+    walked: dict[tuple[str, int], list[_Outcome]] = field(default_factory=dict)
 
 
 def _where(walk: _Walk, rule: Rule) -> str:
@@ -125,22 +180,28 @@ def _apply(walk: _Walk, rule: Rule, depth: int) -> tuple[list[_Outcome], bool]:
     chain = walk.ruleset.chain(walk.table, target)
     if chain is None or chain.builtin:
         return [_Outcome("UNKNOWN", f"target {target} not evaluated: {where}")], False
-    results = _walk_chain(walk, chain, 0, depth + 1)
+    results = _walk_called(walk, chain, depth + 1)
     if rule.goto:
         return results, False  # a RETURN there returns from the calling chain too
     ends = [o for o in results if o.kind != "RETURN"]
     return ends, len(ends) < len(results)
 
 
-def _walk_chain(walk: _Walk, chain: Chain, start: int, depth: int) -> list[_Outcome]:
-    """Every outcome of walking `chain` from rule `start` on; RETURN when it falls off the end."""
+def _walk_called(walk: _Walk, chain: Chain, depth: int) -> list[_Outcome]:
+    """Outcomes of a jump to a user chain: walked once per packet and depth, then reused."""
+    key = (chain.name, depth)
+    found = walk.walked.get(key)
+    if found is None:
+        found = walk.walked[key] = _walk_chain(walk, chain, depth)
+    return found
+
+
+def _walk_chain(walk: _Walk, chain: Chain, depth: int) -> list[_Outcome]:
+    """Every outcome of walking `chain`; RETURN when it falls off the end."""
     if depth > MAX_DEPTH:
         return [_Outcome("UNKNOWN", f"chain nesting deeper than {MAX_DEPTH} at {chain.name}")]
     outcomes: list[_Outcome] = []
-    for rule in chain.rules[start:]:
-        walk.steps += 1
-        if walk.steps > MAX_STEPS:
-            return outcomes + [_Outcome("UNKNOWN", "too many undecidable rules to follow")]
+    for rule in _candidates(walk, chain):
         matched = rule_matches(rule, walk.packet, walk.ctx, walk.matchers)
         if matched is False:
             continue
@@ -155,9 +216,18 @@ def _walk_chain(walk: _Walk, chain: Chain, start: int, depth: int) -> list[_Outc
     return outcomes
 
 
+def _candidates(walk: _Walk, chain: Chain) -> Iterator[Rule]:
+    if walk.matchers is not MATCHERS:
+        return iter(chain.rules)  # ebtables' -s and -d are MAC addresses
+    index = walk.indexes.get(chain.name)
+    if index is None:
+        index = walk.indexes[chain.name] = _HostIndex(chain)
+    return index.candidates(walk.packet)
+
+
 def _walk_builtin(walk: _Walk, chain: Chain) -> list[_Outcome]:
     outcomes = []
-    for outcome in _walk_chain(walk, chain, 0, 0):
+    for outcome in _walk_chain(walk, chain, 0):
         if outcome.kind == "RETURN":
             policy = chain.policy or "ACCEPT"
             kind = "ACCEPT" if policy == "ACCEPT" else "DROP" if policy == "DROP" else "UNKNOWN"
@@ -169,14 +239,22 @@ def _walk_builtin(walk: _Walk, chain: Chain) -> list[_Outcome]:
 
 
 def walk_stage(
-    ruleset: Ruleset, table: str, chain_name: str, packet: Packet, ctx: MatchContext
+    ruleset: Ruleset,
+    table: str,
+    chain_name: str,
+    packet: Packet,
+    ctx: MatchContext,
+    indexes: dict[str, _HostIndex] | None = None,
 ) -> tuple[list[_Outcome], list[str]]:
-    """Outcomes of one hook in one ruleset, and the rules that could not be decided."""
+    """Outcomes of one hook in one ruleset, and the rules that could not be decided.
+
+    `indexes`: host indexes of this ruleset's table, kept by the caller to reuse across packets.
+    """
     chain = ruleset.chain(table, chain_name)
     if chain is None:
         return [_Outcome("ACCEPT", f"{table} {chain_name} absent")], []
     matchers = BRIDGE_MATCHERS if ruleset.family == "bridge" else MATCHERS
-    walk = _Walk(ruleset, table, packet, ctx, matchers)
+    walk = _Walk(ruleset, table, packet, ctx, matchers, {} if indexes is None else indexes)
     return _walk_builtin(walk, chain), walk.undecided
 
 
@@ -190,6 +268,14 @@ class PathInputs:
     call_ip6tables: int | None
     # Families whose iptables rules could not be read: nothing is decided for them.
     unreadable: frozenset[str] = frozenset()
+    # Host indexes by (id of a ruleset of `firewall`, table): built on first use, then shared by
+    # every packet of the check. Ids are stable: `firewall` keeps its rulesets alive.
+    indexes: dict[tuple[int, str], dict[str, _HostIndex]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def table_indexes(self, ruleset: Ruleset, table: str) -> dict[str, _HostIndex]:
+        return self.indexes.setdefault((id(ruleset), table), {})
 
     def blocker(self, family: str) -> str | None:
         """A reason why nothing can be decided for this family, or None."""
@@ -275,7 +361,8 @@ def evaluate_packet(packet: Packet, inputs: PathInputs) -> Decision:
                 continue
             rulesets = inputs.firewall.for_family(packet.family)
         for ruleset in rulesets:
-            outcomes, undecided = walk_stage(ruleset, table, chain_name, packet, ctx)
+            indexes = inputs.table_indexes(ruleset, table)
+            outcomes, undecided = walk_stage(ruleset, table, chain_name, packet, ctx, indexes)
             if not path.stage(outcomes, undecided, table):
                 return path.conclude(alive=False)
     return path.conclude(alive=True)
