@@ -644,6 +644,9 @@ def _feed(builder: _DumpBuilder, text: str) -> None:
             builder.add_rule(number, line)
         else:
             builder.unknown_line(number, line, _unknown_reason(line))
+    if not text.endswith("\n"):
+        # Every tool ends its last line; a dump that stops mid-line was cut short.
+        builder.unknown_line(last, "", "the last line has no end (dump cut short)")
     builder.finish(last)
 
 
@@ -744,6 +747,9 @@ def parse_ipset_save(text: str) -> dict[str, IPSet]:
     or a line that cannot be split: the result has no place to mark one odd line, and a silently
     dropped member could flip a decision, so the caller should treat all sets as unreadable.
     """
+    if text and not text.endswith("\n"):
+        # `ipset save` ends its last line; output that stops mid-line was cut short.
+        raise ValueError("ipset save output stops mid-line (cut short)")
     created: dict[str, tuple[str, str]] = {}
     members: dict[str, list[str]] = {}
     for number, line in _numbered_lines(text):

@@ -67,11 +67,27 @@ def parse_go_bool(text: str) -> bool | None:
     return None
 
 
-def find_binary(name: str, path: str | None = None) -> str | None:
-    """The absolute path of a tool: on `path` when given, else on $PATH and then the sbin dirs."""
-    if path is not None:
-        return shutil.which(name, path=path)
-    return shutil.which(name) or shutil.which(name, path=os.pathsep.join(SBIN_DIRS))
+def find_binary(source: str, name: str, path: str | None = None) -> str | None:
+    """The absolute path of a tool: on `path` when given, else on $PATH and then the sbin dirs.
+
+    None when no such file exists. A file of that name that cannot be executed is a SourceError:
+    taken as absent, one iptables backend would silently be judged without the other.
+    """
+    dirs = (
+        path
+        if path is not None
+        else os.pathsep.join([os.environ.get("PATH", os.defpath), *SBIN_DIRS])
+    )
+    found = shutil.which(name, path=dirs)
+    if found:
+        return found
+    for directory in dirs.split(os.pathsep):
+        candidate = os.path.join(directory or ".", name)
+        if os.path.isfile(candidate):
+            raise SourceError(
+                f"{source}: {candidate} exists but cannot be executed; fix its permissions"
+            )
+    return None
 
 
 def decode(data: bytes) -> str:

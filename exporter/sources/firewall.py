@@ -153,11 +153,11 @@ class IptablesSource:
     def _binaries(self) -> dict[Backend, str]:
         found: dict[Backend, str] = {}
         for backend in BACKENDS:
-            binary = find_binary(f"{self.tool}-{backend}-save", self.path)
+            binary = find_binary(self.name, f"{self.tool}-{backend}-save", self.path)
             if binary:
                 found[backend] = binary
         if not found:
-            plain = find_binary(f"{self.tool}-save", self.path)
+            plain = find_binary(self.name, f"{self.tool}-save", self.path)
             if plain:
                 version = run_tool(self.name, [plain, "--version"], self.timeout)
                 found["nft" if "nf_tables" in version else "legacy"] = plain
@@ -165,7 +165,7 @@ class IptablesSource:
 
     def _default_backend(self) -> Backend | None:
         """The backend `iptables` resolves to (Debian's alternatives link), as dockerd runs it."""
-        binary = find_binary(self.tool, self.path)
+        binary = find_binary(self.name, self.tool, self.path)
         if not binary:
             return None
         target = os.path.basename(os.path.realpath(binary))
@@ -492,15 +492,15 @@ class EbtablesSource(_ToolSource):
     name = "ebtables"
 
     def fetch(self) -> dict[str, str]:
-        binary = find_binary("ebtables-nft-save", self.path) or find_binary(
-            "ebtables-save", self.path
+        binary = find_binary(self.name, "ebtables-nft-save", self.path) or find_binary(
+            self.name, "ebtables-save", self.path
         )
         if binary is None:
             raise SourceError(
                 "ebtables: ebtables-save not found; install the Debian package ebtables"
             )
         files = {EBTABLES_FILE: self._run(binary)}
-        legacy = find_binary("ebtables-legacy-save", self.path)
+        legacy = find_binary(self.name, "ebtables-legacy-save", self.path)
         if legacy and os.path.isdir(os.path.join(self.sysfs, "module", "ebtables")):
             if os.path.realpath(legacy) != os.path.realpath(binary):
                 files[EBTABLES_LEGACY_FILE] = self._run(legacy)
@@ -543,7 +543,7 @@ class IpsetSource(_ToolSource):
         # in) no set can exist; running `ipset` would load the module: a side effect we avoid.
         if not os.path.isdir(os.path.join(self.sysfs, "module", "ip_set")):
             return {IPSET_FILE: ""}
-        binary = find_binary("ipset", self.path)
+        binary = find_binary(self.name, "ipset", self.path)
         if binary is None:
             raise SourceError(
                 "ipset: ipset not found but the ip_set module is loaded; "
@@ -562,7 +562,7 @@ class NftablesSource(_ToolSource):
     name = "nftables"
 
     def fetch(self) -> dict[str, str]:
-        binary = find_binary("nft", self.path)
+        binary = find_binary(self.name, "nft", self.path)
         if binary is None:
             if not os.path.isdir(os.path.join(self.sysfs, "module", "nf_tables")):
                 return {NFT_FILE: NFT_EMPTY}  # no nf_tables module: no nft table can exist
