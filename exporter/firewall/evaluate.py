@@ -15,7 +15,7 @@ the packet after them is not the one asked about.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from heapq import merge
 
@@ -60,6 +60,9 @@ PASS_TARGETS = {
 # Marks feed only mark matches, which are undecidable here anyway.
 # Address translation after the filter stages does not decide whether the packet passes.
 POSTROUTING_NAT = {"SNAT", "MASQUERADE", "snat"}
+
+# Match modules that test nothing without options (`-p tcp -m tcp` only restates the protocol).
+OPTIONLESS_MODULES = frozenset({"", "tcp", "udp", "sctp", "udplite", "dccp", "icmp", "icmp6"})
 
 MAX_DEPTH = 64
 
@@ -151,6 +154,8 @@ def rule_matches(rule: Rule, packet: Packet, ctx: MatchContext, matchers: dict) 
         return None
     result: Tri = True
     for match in rule.matches:
+        if not match.options and match.module not in OPTIONLESS_MODULES:
+            result = None  # `-m socket`, `-m rpfilter`: a test of its own, not "always true"
         for option in match.options:
             decide = matchers.get((match.module, option.name))
             value = decide(option, packet, ctx) if decide else None
@@ -172,6 +177,10 @@ def _apply(walk: _Walk, rule: Rule, depth: int) -> tuple[list[_Outcome], bool]:
     if target in ACCEPT_TARGETS:
         return [_Outcome("ACCEPT", where)], False
     if target in DROP_TARGETS:
+        if _routes(walk):
+            return [
+                _Outcome("UNKNOWN", f"broute DROP routes the frame (not evaluated): {where}")
+            ], False
         return [_Outcome("DROP", where)], False
     if target == "RETURN":
         return [_Outcome("RETURN", where)], False
@@ -185,6 +194,12 @@ def _apply(walk: _Walk, rule: Rule, depth: int) -> tuple[list[_Outcome], bool]:
         return results, False  # a RETURN there returns from the calling chain too
     ends = [o for o in results if o.kind != "RETURN"]
     return ends, len(ends) < len(results)
+
+
+def _routes(walk: _Walk) -> bool:
+    """ebtables(8): in the broute table DROP means "route this frame", not drop it; the routed
+    path is not evaluated."""
+    return walk.ruleset.family == "bridge" and walk.table == "broute"
 
 
 def _walk_called(walk: _Walk, chain: Chain, depth: int) -> list[_Outcome]:
@@ -231,6 +246,8 @@ def _walk_builtin(walk: _Walk, chain: Chain) -> list[_Outcome]:
         if outcome.kind == "RETURN":
             policy = chain.policy or "ACCEPT"
             kind = "ACCEPT" if policy == "ACCEPT" else "DROP" if policy == "DROP" else "UNKNOWN"
+            if kind == "DROP" and _routes(walk):
+                kind = "UNKNOWN"
             where = walk.ruleset.backend if walk.ruleset.family != "bridge" else "ebtables"
             outcomes.append(_Outcome(kind, f"{where} {walk.table} {chain.name} policy {policy}"))
         else:
@@ -254,6 +271,7 @@ def walk_stage(
     if chain is None:
         return [_Outcome("ACCEPT", f"{table} {chain_name} absent")], []
     matchers = BRIDGE_MATCHERS if ruleset.family == "bridge" else MATCHERS
+    ctx = replace(ctx, hook=chain_name)
     walk = _Walk(ruleset, table, packet, ctx, matchers, {} if indexes is None else indexes)
     return _walk_builtin(walk, chain), walk.undecided
 

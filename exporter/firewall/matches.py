@@ -55,6 +55,8 @@ class Packet:
 class MatchContext:
     # Sets by name; None when they could not be read (every set match is then undecidable).
     ipsets: dict[str, IPSet] | None
+    # The builtin chain being walked (PREROUTING, FORWARD, ...); "" when not walking a hook.
+    hook: str = ""
 
 
 Decider = Callable[[Option, Packet, MatchContext], Tri]
@@ -327,6 +329,15 @@ def _fragment(option: Option, packet: Packet, _: MatchContext) -> Tri:
 
 _TRUE, _FALSE = _always(True), _always(False)
 
+
+def _physdev_out_known(option: Option, packet: Packet, ctx: MatchContext) -> Tri:
+    # xt_physdev: the bridge chooses the output port only after PREROUTING, so -is-bridged and
+    # -is-out are false there and true in FORWARD and POSTROUTING.
+    if ctx.hook not in ("PREROUTING", "FORWARD", "POSTROUTING"):
+        return None
+    return _negate(option, ctx.hook != "PREROUTING")
+
+
 MATCHERS: dict[tuple[str, str], Decider] = {
     **{key: _address_decider(side, fn) for key, (side, fn) in ADDRESS_OPTIONS.items()},
     ("", "-i"): _iface("in"),
@@ -339,9 +350,9 @@ MATCHERS: dict[tuple[str, str], Decider] = {
     ("state", "--state"): _ctstate,
     ("addrtype", "--src-type"): _addrtype,
     ("addrtype", "--dst-type"): _addrtype,
-    ("physdev", "--physdev-is-bridged"): _TRUE,
+    ("physdev", "--physdev-is-bridged"): _physdev_out_known,
     ("physdev", "--physdev-is-in"): _TRUE,
-    ("physdev", "--physdev-is-out"): _TRUE,
+    ("physdev", "--physdev-is-out"): _physdev_out_known,
     ("multiport", "--dports"): _port("dport"),
     ("multiport", "--destination-ports"): _port("dport"),
     ("multiport", "--sports"): _port("sport"),
@@ -395,6 +406,12 @@ def _bridge_only(decider: AddressDecider, side: Side, ip: bool) -> Decider:
     return wrapped
 
 
+def _pkttype(packet: Packet) -> str:
+    # An ARP request goes to the broadcast address; every other frame of a flow is unicast to the
+    # other container, which to the bridge is "otherhost".
+    return "broadcast" if packet.protocol == "arp" and not packet.reply else "otherhost"
+
+
 def _ip_proto(option: Option, packet: Packet, ctx: MatchContext) -> Tri:
     if packet.protocol == "arp":
         return None
@@ -418,7 +435,7 @@ BRIDGE_MATCHERS: dict[tuple[str, str], Decider] = {
     ("", "--ip-dport"): _port("dport"),
     ("", "--ip6-sport"): _port("sport"),
     ("", "--ip6-dport"): _port("dport"),
-    ("", "--pkttype-type"): lambda o, p, c: _negate(o, (_arg(o) or "").lower() == "otherhost"),
+    ("", "--pkttype-type"): lambda o, p, c: _negate(o, (_arg(o) or "").lower() == _pkttype(p)),
 }
 for (_module, _name), (_side, _fn) in BRIDGE_ADDRESS_OPTIONS.items():
     BRIDGE_MATCHERS[(_module, _name)] = _bridge_only(_fn, _side, ip=not _name.startswith("--arp"))

@@ -162,14 +162,12 @@ def test_absent_chain_accepts():
     assert [o.kind for o in found] == ["ACCEPT"]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a match module with no options is taken as matching")
 def test_unknown_module_without_options_is_undecidable():
     # `-m socket` has no options; it matches when a local socket owns the packet, which no
     # container-to-container packet has. The evaluator must not treat it as "always true".
     assert sorted(kinds("-A FORWARD -m socket -j DROP")) == ["ACCEPT", "DROP"]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: physdev-is-bridged is false before FORWARD")
 def test_physdev_is_bridged_does_not_match_in_prerouting():
     # xt_physdev: "This only makes sense in the FORWARD and POSTROUTING chains": in PREROUTING the
     # bridge has not chosen an output port yet, so --physdev-is-bridged (and -is-out) is false.
@@ -267,7 +265,6 @@ def test_ebtables_drop_denies_and_arp_skips_iptables():
     assert ip.verdict is Verdict.ALLOW
 
 
-@pytest.mark.xfail(strict=True, reason="bug: DROP in ebtables broute routes the frame")
 def test_broute_drop_routes_the_frame_instead_of_dropping_it():
     # ebtables(8): in the broute table DROP means "route this frame", ACCEPT "bridge it". The
     # routed path (FORWARD -i veth...) is not evaluated, so the verdict cannot be a sure deny.
