@@ -286,7 +286,12 @@ class BridgeLab:
         return [f.result() for f in futures]
 
     def probe(self, probes: list[Probe]) -> list[bool]:
-        """Whether each flow gets through, all probed at once: TCP connects, UDP arrives."""
+        """Whether each flow gets through, all probed at once.
+
+        TCP: the handshake completes at both ends, connect() succeeds and the listener accepts
+        it (so the client's ACK, an ESTABLISHED packet in the original direction, passed too).
+        UDP: the datagram's unique token arrives.
+        """
         clients = self._clients(probes)
         tokens: dict[bytes, int] = {}
         passed = [False] * len(probes)
@@ -310,6 +315,7 @@ class BridgeLab:
             deadline = time.monotonic() + PROBE_TIMEOUT
             self._wait_connects(selector, pending, clients, passed, deadline)
             self._collect_datagrams(tokens, passed, deadline)
+            self._require_accepted(probes, clients, passed, deadline)
         finally:
             selector.close()
             for sock in clients:
@@ -358,12 +364,40 @@ class BridgeLab:
         for token, i in tokens.items():
             passed[i] = token in seen
 
-    def _drain_accepts(self) -> None:
+    def _require_accepted(
+        self,
+        probes: list[Probe],
+        clients: list[socket.socket],
+        passed: list[bool],
+        deadline: float,
+    ) -> None:
+        """A connected TCP probe passes only once its listener has accepted it."""
+        waiting = {
+            clients[i].getsockname(): i
+            for i, probe in enumerate(probes)
+            if probe.protocol == "tcp" and passed[i]
+        }
+        # The client's ACK is in flight when connect() returns: give it a moment past the deadline.
+        end = max(deadline, time.monotonic() + 0.05)
+        accepted: set[tuple[str, int]] = set()
+        while True:
+            accepted |= self._drain_accepts()
+            if waiting.keys() <= accepted or time.monotonic() >= end:
+                break
+            time.sleep(0.005)
+        for peer, i in waiting.items():
+            passed[i] = peer in accepted
+
+    def _drain_accepts(self) -> set[tuple[str, int]]:
+        """Accept and close every queued connection; the clients' (address, port)."""
+        peers = set()
         for listener in self._tcp_listeners:
             while True:
                 try:
-                    accepted, _ = listener.accept()
+                    accepted, peer = listener.accept()
                 except BlockingIOError:
                     break
+                peers.add(peer)
                 accepted.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 accepted.close()
+        return peers
