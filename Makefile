@@ -29,3 +29,11 @@ demo-stop:
 	$(PYTHON) scripts/demo.py down
 demo-status:
 	$(PYTHON) scripts/demo.py status
+
+# Differential test of the evaluator against the kernel (root; netns, no dockerd): N random
+# rulesets from SEED on, every flow probed with real packets. See docs/differential.md.
+N ?= 200
+SEED ?= 1
+.PHONY: differential
+differential:
+	$(PYTHON) -m tests.differential --count $(N) --seed $(SEED) --shrink

@@ -76,7 +76,10 @@ class RulesetResult:
         return [f for f in self.flows if f.disagrees]
 
     def report(self) -> str:
-        lines = [f"seed {self.generated.seed}: {len(self.disagreements)} disagreement(s)"]
+        lines = [
+            f"seed {self.generated.seed}: {len(self.disagreements)} disagreement(s) (again: "
+            f"python3 -m tests.differential --count 1 --seed {self.generated.seed})"
+        ]
         lines += [f"  {f.describe()}" for f in self.disagreements]
         lines += ["  ruleset:", *(f"    {line}" for line in self.generated.text().splitlines())]
         return "\n".join(lines)
@@ -198,11 +201,11 @@ class Tally:
         return "\n".join(lines)
 
 
-def run_many(lab: BridgeLab, first_seed: int, count: int) -> Tally:
+def run_many(lab: BridgeLab, first_seed: int, count: int, known_bugs: bool = False) -> Tally:
     tally = Tally()
     start = time.monotonic()
     for seed in range(first_seed, first_seed + count):
-        tally.add(run_ruleset(lab, generate(seed)))
+        tally.add(run_ruleset(lab, generate(seed, known_bugs)))
     tally.seconds = time.monotonic() - start
     return tally
 
