@@ -73,6 +73,7 @@ class GeneratedRuleset:
     iptables_legacy: str
     ebtables: str
     features: frozenset[str]
+    known_bugs: bool = False  # generated with generate(seed, known_bugs=True)
 
     def text(self) -> str:
         """All three restore texts in one file (the regression fixture format)."""
@@ -430,4 +431,4 @@ def generate(seed: int, known_bugs: bool = False) -> GeneratedRuleset:
         empty = _render({t: {c: _Chain("ACCEPT") for c in b} for t, b in BUILTIN.items()}, True)
         nft, legacy = (first, empty) if mode == "nft only" else (empty, first)
     ebtables = gen.ebtables(used=gen.chance(0.4))
-    return GeneratedRuleset(seed, nft, legacy, ebtables, frozenset(gen.features))
+    return GeneratedRuleset(seed, nft, legacy, ebtables, frozenset(gen.features), known_bugs)

@@ -78,7 +78,8 @@ class RulesetResult:
     def report(self) -> str:
         lines = [
             f"seed {self.generated.seed}: {len(self.disagreements)} disagreement(s) (again: "
-            f"python3 -m tests.differential --count 1 --seed {self.generated.seed})"
+            f"python3 -m tests.differential --count 1 --seed {self.generated.seed}"
+            f"{' --known-bugs' if self.generated.known_bugs else ''})"
         ]
         lines += [f"  {f.describe()}" for f in self.disagreements]
         lines += ["  ruleset:", *(f"    {line}" for line in self.generated.text().splitlines())]
@@ -247,4 +248,6 @@ def _replace(generated: GeneratedRuleset, which: str, text: str) -> GeneratedRul
         "ebtables": generated.ebtables,
         which: text,
     }
-    return GeneratedRuleset(generated.seed, features=generated.features, **fields)
+    return GeneratedRuleset(
+        generated.seed, features=generated.features, known_bugs=generated.known_bugs, **fields
+    )
