@@ -31,7 +31,7 @@ def _line(probe: Probe, passed: bool) -> str:
 
 def write_fixture(lab: BridgeLab, ruleset: GeneratedRuleset, stem: Path) -> Path:
     """Probe every flow of the ruleset once more and write NAME.rules and NAME.expected."""
-    lab.load(ruleset.iptables_nft, ruleset.iptables_legacy, ruleset.ebtables)
+    lab.load(*ruleset.restore_texts())
     passed = lab.probe(list(FLOWS))
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".rules").write_text(ruleset.text())
@@ -41,12 +41,12 @@ def write_fixture(lab: BridgeLab, ruleset: GeneratedRuleset, stem: Path) -> Path
 
 
 def read_fixture(rules: Path) -> Fixture:
-    nft, legacy, ebtables = split_fixture(rules.read_text())
+    nft, legacy, ebtables, ipset = split_fixture(rules.read_text())
     expected = {}
     for line in rules.with_suffix(".expected").read_text().splitlines():
         src, dst, protocol, port, outcome = line.split()
         expected[Probe(_INDEX[src], _INDEX[dst], protocol, int(port))] = outcome == "passed"
-    ruleset = GeneratedRuleset(0, nft, legacy, ebtables, frozenset({"regression"}))
+    ruleset = GeneratedRuleset(0, nft, legacy, ebtables, frozenset({"regression"}), ipset=ipset)
     return Fixture(rules.stem, ruleset, expected)
 
 

@@ -9,7 +9,7 @@ What is kept out, and why:
 - nat and broute tables: ebtables-nft here has no broute, iptables nat cannot DROP and DNAT
   rewrites the packet (the evaluator says unknown, by design);
 - REJECT outside filter (the kernel refuses it), --logical-in/out (ebtables-nft here refuses it);
-- ipset: not yet (the sets would have to be created in the namespace too).
+- ipset types beyond lab.IPSETS (hash:ip, hash:net with nomatch entries, bitmap:ip).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from tests.differential.lab import BRIDGE, address
+from tests.differential.lab import BRIDGE, IPSETS, address
 
 # (table, chain) pairs a bridged IPv4 packet meets (evaluate.STAGES, nat left out).
 HOOKS: dict[str, tuple[str, ...]] = {
@@ -66,6 +66,9 @@ KNOWN_BUGS = {
 CLIENT_ACK_PASSES = "-p tcp -m tcp --tcp-flags SYN,ACK ACK -j ACCEPT"
 
 
+EMPTY_IPSETS = "".join(f"flush {name}\n" for name in IPSETS)
+
+
 @dataclass(frozen=True)
 class GeneratedRuleset:
     seed: int
@@ -74,21 +77,27 @@ class GeneratedRuleset:
     ebtables: str
     features: frozenset[str]
     known_bugs: bool = False  # generated with generate(seed, known_bugs=True)
+    ipset: str = EMPTY_IPSETS  # `ipset restore` lines refilling lab.IPSETS
+
+    def restore_texts(self) -> tuple[str, str, str, str]:
+        """What BridgeLab.load takes: iptables-nft, iptables-legacy, ebtables, ipset."""
+        return self.iptables_nft, self.iptables_legacy, self.ebtables, self.ipset
 
     def text(self) -> str:
-        """All three restore texts in one file (the regression fixture format)."""
+        """All restore texts in one file (the regression fixture format)."""
         return (
             f"### iptables-nft\n{self.iptables_nft}### iptables-legacy\n{self.iptables_legacy}"
-            f"### ebtables-nft\n{self.ebtables}"
+            f"### ebtables-nft\n{self.ebtables}### ipset\n{self.ipset}"
         )
 
 
-def split_fixture(text: str) -> tuple[str, str, str]:
-    """The three restore texts of GeneratedRuleset.text()."""
+def split_fixture(text: str) -> tuple[str, str, str, str]:
+    """The restore texts of GeneratedRuleset.text(); the ipset part is optional."""
     _, rest = text.split("### iptables-nft\n", 1)
     nft, rest = rest.split("### iptables-legacy\n", 1)
-    legacy, ebtables = rest.split("### ebtables-nft\n", 1)
-    return nft, legacy, ebtables
+    legacy, rest = rest.split("### ebtables-nft\n", 1)
+    ebtables, _, ipset = rest.partition("### ipset\n")
+    return nft, legacy, ebtables, ipset or EMPTY_IPSETS
 
 
 @dataclass
@@ -101,6 +110,7 @@ class _Generator:
     def __init__(self, seed: int, known_bugs: bool) -> None:
         self.rng = random.Random(seed)
         self.known_bugs = known_bugs
+        self.set_members = self._set_members()
         self.features: set[str] = set()
         self.comments = 0
 
@@ -214,7 +224,7 @@ class _Generator:
         self, table: str, hook: str, proto: str | None, parts: list[str], used: set[str]
     ) -> None:
         """Add one match, of a kind this rule has not used yet (iptables refuses most twice)."""
-        kinds = ["address"] * 6 + ["iface"] * 3 + ["iprange", "comment", "addrtype"]
+        kinds = ["address"] * 6 + ["iface"] * 3 + ["iprange", "comment", "addrtype", "set"]
         if self.known_bugs or table != "raw":
             kinds += ["conntrack", "conntrack", "state"]  # KNOWN_BUGS["raw conntrack"]
         if self.known_bugs or hook != "PREROUTING":
@@ -237,6 +247,30 @@ class _Generator:
         value = self.pick(HOSTS + NETWORKS) if self.chance(0.6) else self.pick(HOSTS)
         self.features.add(f"{flag} {'host' if '/' not in value else 'prefix'}")
         return f"{self.bang(flag)}{flag} {value}"
+
+    def _set_members(self) -> dict[str, list[str]]:
+        hosts = self.rng.sample(HOSTS, self.rng.randint(0, 3))
+        nets = self.rng.sample(NETWORKS[:3] + HOSTS, self.rng.randint(1, 2))
+        exceptions = [n for n in ("172.18.0.4/31", "172.18.0.2") if n not in nets]
+        if exceptions and self.chance(0.2):  # ipset refuses an entry twice, even as nomatch
+            nets.append(f"{self.pick(exceptions)} nomatch")
+        bitmap = ["172.18.0.2-172.18.0.3"] if self.chance(0.3) else self.rng.sample(HOSTS, 2)
+        return {"dnpdiff-hosts": hosts, "dnpdiff-nets": nets, "dnpdiff-bitmap": bitmap}
+
+    def ipset(self) -> str:
+        lines = []
+        for name, members in self.set_members.items():
+            lines.append(f"flush {name}")
+            lines += [f"add {name} {member}" for member in members]
+        return "\n".join(lines) + "\n"
+
+    def _m_set(self, hook: str, proto: str | None) -> str:
+        name = self.pick(list(IPSETS))
+        self.features.add(f"ipset {IPSETS[name].split()[0]}")
+        if any("nomatch" in member for member in self.set_members[name]):
+            self.features.add("ipset nomatch entry")
+        side = self.pick(["src", "dst"])
+        return f"-m set {self.bang('ipset')}--match-set {name} {side}"
 
     def _m_iface(self, hook: str, proto: str | None) -> str:
         flags = {"PREROUTING": ["-i"], "POSTROUTING": ["-o"]}.get(hook, ["-i", "-o"])
@@ -431,4 +465,6 @@ def generate(seed: int, known_bugs: bool = False) -> GeneratedRuleset:
         empty = _render({t: {c: _Chain("ACCEPT") for c in b} for t, b in BUILTIN.items()}, True)
         nft, legacy = (first, empty) if mode == "nft only" else (empty, first)
     ebtables = gen.ebtables(used=gen.chance(0.4))
-    return GeneratedRuleset(seed, nft, legacy, ebtables, frozenset(gen.features), known_bugs)
+    return GeneratedRuleset(
+        seed, nft, legacy, ebtables, frozenset(gen.features), known_bugs, gen.ipset()
+    )

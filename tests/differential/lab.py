@@ -54,7 +54,14 @@ CONNTRACK_TIMEOUTS = {
     "nf_conntrack_udp_timeout_stream": 5,
 }
 TOOLS = ("ip", "nsenter", "iptables-nft-restore", "iptables-legacy-restore", "iptables-nft-save",
-         "iptables-legacy-save", "ebtables-nft-restore", "ebtables-nft-save")  # fmt: skip
+         "iptables-legacy-save", "ebtables-nft-restore", "ebtables-nft-save", "ipset")  # fmt: skip
+# The lab's ipsets, created once in the host namespace (a set a rule names cannot be destroyed, so
+# each ruleset flushes and refills them instead). Names live only inside that namespace.
+IPSETS = {
+    "dnpdiff-hosts": "hash:ip family inet",
+    "dnpdiff-nets": "hash:net family inet",
+    "dnpdiff-bitmap": "bitmap:ip range 172.18.0.0/24",
+}
 
 
 class LabError(RuntimeError):
@@ -78,6 +85,7 @@ class Loaded:
     iptables_nft: str
     iptables_legacy: str
     ebtables: str
+    ipset: str
 
 
 def address(index: int) -> str:
@@ -180,6 +188,7 @@ class BridgeLab:
                 f"ip addr add {address(index)}/16 dev eth0 && ip link set eth0 up && "
                 f"ip link set lo up && {neighbours}",
             )
+        self.host_sh("ipset restore", "".join(f"create {n} {t}\n" for n, t in IPSETS.items()))
         self._check_bridge_netfilter()
         self._shorten_conntrack_timeouts()
         for netns in self.containers:
@@ -241,8 +250,12 @@ class BridgeLab:
     def host_sh(self, script: str, stdin: str | None = None) -> str:
         return self.sh(self.host, script, stdin)
 
-    def load(self, iptables_nft: str, iptables_legacy: str, ebtables: str) -> Loaded:
-        """Replace every table of both iptables backends and ebtables, and read them back."""
+    def load(self, iptables_nft: str, iptables_legacy: str, ebtables: str, ipset: str) -> Loaded:
+        """Refill the sets, replace every table of both iptables backends and ebtables; read back.
+
+        `ipset` holds `ipset restore` lines for the sets in IPSETS (flush and add only).
+        """
+        self._restore("ipset restore", ipset)
         self._restore("iptables-nft-restore", iptables_nft)
         self._restore("iptables-legacy-restore", iptables_legacy)
         self._restore("ebtables-nft-restore", ebtables)
@@ -250,6 +263,7 @@ class BridgeLab:
             self.host_sh("iptables-nft-save"),
             self.host_sh("iptables-legacy-save"),
             self.host_sh("ebtables-nft-save"),
+            self.host_sh("ipset save"),
         )
 
     def _restore(self, tool: str, text: str) -> None:

@@ -16,7 +16,7 @@ from ipaddress import ip_address
 
 from exporter.firewall.evaluate import Decision, PathInputs, Verdict, evaluate_packet
 from exporter.firewall.matches import Packet
-from exporter.firewall.parse import parse_ebtables_save, parse_iptables_save
+from exporter.firewall.parse import parse_ebtables_save, parse_ipset_save, parse_iptables_save
 from exporter.firewall.rules import Ruleset
 from exporter.firewall.state import FirewallState, NftablesInfo
 from tests.differential.generator import GeneratedRuleset, generate
@@ -102,8 +102,8 @@ def firewall_state(loaded: Loaded) -> tuple[FirewallState, list[str]]:
     )
     bridge = parse_ebtables_save(loaded.ebtables)
     problems = [p for r in (*rulesets, bridge) for p in _problems(r)]
-    # No ipset and no nft table besides iptables-nft's and ebtables-nft's exist in the lab.
-    state = FirewallState(None, rulesets, bridge, {}, NftablesInfo())
+    # No nft table besides iptables-nft's and ebtables-nft's exists in the lab.
+    state = FirewallState(None, rulesets, bridge, parse_ipset_save(loaded.ipset), NftablesInfo())
     return state, problems
 
 
@@ -130,7 +130,7 @@ def run_ruleset(
 ) -> RulesetResult:
     flows = tuple(flows)
     try:
-        loaded = lab.load(generated.iptables_nft, generated.iptables_legacy, generated.ebtables)
+        loaded = lab.load(*generated.restore_texts())
     except LabError as error:
         message = f"seed {generated.seed}: the generator made a rule the tools refuse: {error}"
         raise LabError(message) from error
@@ -246,6 +246,7 @@ def _replace(generated: GeneratedRuleset, which: str, text: str) -> GeneratedRul
         "iptables_nft": generated.iptables_nft,
         "iptables_legacy": generated.iptables_legacy,
         "ebtables": generated.ebtables,
+        "ipset": generated.ipset,
         which: text,
     }
     return GeneratedRuleset(

@@ -85,7 +85,7 @@ def _probe_fixture(lab: BridgeLab, path: Path) -> tuple[Fixture, list[FlowResult
     if path not in _kernel_cache:
         fixture = read_fixture(path)
         rules = fixture.ruleset
-        loaded = lab.load(rules.iptables_nft, rules.iptables_legacy, rules.ebtables)
+        loaded = lab.load(*rules.restore_texts())
         state, _ = firewall_state(loaded)
         inputs = PathInputs(state, call_iptables=1, call_ip6tables=1)
         passed = lab.probe(list(FLOWS))
