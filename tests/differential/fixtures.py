@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.differential.generator import GeneratedRuleset, split_fixture
-from tests.differential.lab import BridgeLab, Probe, address
+from tests.differential.lab import CONTAINERS, BridgeLab, Probe, address
 from tests.differential.run import FLOWS
 
 REGRESSIONS = Path(__file__).parent / "regressions"
-_INDEX = {address(i): i for i in range(8)}
+_INDEX = {address(i): i for i in range(CONTAINERS)}
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ plus the generator features it used (the unknown rate is reported per feature). 
 one the real tools accept: a rule they refuse is a generator bug, and the run stops on it.
 
 What is kept out, and why:
-- port 9999 (lab.UNNAMED_PORT) is never named, so one probe port meets only the default paths;
+- destination port 9999 (lab.UNNAMED_PORT): no --dport covers it, so one probe port per
+  protocol meets only the rules that do not look at the destination port;
 - nat and broute tables: ebtables-nft here has no broute, iptables nat cannot DROP and DNAT
   rewrites the packet (the evaluator says unknown, by design);
 - REJECT outside filter (the kernel refuses it), --logical-in/out (ebtables-nft here refuses it);

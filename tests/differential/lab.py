@@ -30,10 +30,11 @@ BRIDGE = "docker0"
 SUBNET_PREFIX = "172.18.0."
 GATEWAY = SUBNET_PREFIX + "1"
 CONTAINERS = 4
-TCP_PORTS = (80, 443, 5432, 9999)
-UDP_PORTS = (53, 9999)
-# A port no generated rule names: the generator must keep away from it.
+# A destination port no generated rule names (no --dport covers it): its flows meet only the
+# rules that do not look at the destination port.
 UNNAMED_PORT = 9999
+TCP_PORTS = (80, 443, 5432, UNNAMED_PORT)
+UDP_PORTS = (53, UNNAMED_PORT)
 # Client source ports come from Linux's default ephemeral range, the one the evaluator models
 # (matches.EPHEMERAL_PORTS), and every probe of a run gets its own: no conntrack entry of an
 # earlier probe can turn a later first packet into ESTABLISHED.

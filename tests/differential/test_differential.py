@@ -16,8 +16,8 @@ import pytest
 
 from exporter.firewall.evaluate import PathInputs, Verdict
 from tests.differential.fixtures import Fixture, fixtures, read_fixture
-from tests.differential.generator import KNOWN_BUGS, generate
-from tests.differential.lab import BridgeLab, lab_namespaces
+from tests.differential.generator import DPORTS, KNOWN_BUGS, MULTI_DPORTS, generate
+from tests.differential.lab import UNNAMED_PORT, BridgeLab, lab_namespaces
 from tests.differential.run import (
     FLOWS,
     FlowResult,
@@ -110,6 +110,13 @@ def test_evaluator_agrees_with_the_kernel_on_regression(lab: BridgeLab, path: Pa
     wrong = [r.describe() for r in results if r.disagrees]
     assert wrong == [], f"{path.name}:\n" + "\n".join(wrong[:6])
     assert any(r.decision.verdict is not Verdict.UNKNOWN for r in results)
+
+
+def test_no_generated_destination_port_names_the_unnamed_port() -> None:
+    for text in DPORTS + MULTI_DPORTS:
+        for part in text.split(","):
+            low, _, high = part.partition(":")
+            assert not int(low) <= UNNAMED_PORT <= int(high or low), text
 
 
 def test_the_generator_is_seeded_and_avoids_known_bugs() -> None:
