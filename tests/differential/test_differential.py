@@ -14,17 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from exporter.firewall.evaluate import PathInputs, Verdict
+from exporter.firewall.evaluate import Verdict
 from tests.differential.fixtures import Fixture, fixtures, read_fixture
 from tests.differential.generator import DPORTS, KNOWN_BUGS, MULTI_DPORTS, generate
 from tests.differential.lab import UNNAMED_PORT, BridgeLab, lab_namespaces
-from tests.differential.run import (
-    FLOWS,
-    FlowResult,
-    firewall_state,
-    model_decision,
-    run_many,
-)
+from tests.differential.run import FlowResult, run_many, run_ruleset
 
 pytestmark = pytest.mark.lab
 
@@ -84,16 +78,7 @@ def _probe_fixture(lab: BridgeLab, path: Path) -> tuple[Fixture, list[FlowResult
     """Load a fixture once per run; both regression tests read the same probe."""
     if path not in _kernel_cache:
         fixture = read_fixture(path)
-        rules = fixture.ruleset
-        loaded = lab.load(*rules.restore_texts())
-        state, _ = firewall_state(loaded)
-        inputs = PathInputs(state, call_iptables=1, call_ip6tables=1)
-        passed = lab.probe(list(FLOWS))
-        results = [
-            FlowResult(probe, model_decision(probe, inputs), ok)
-            for probe, ok in zip(FLOWS, passed, strict=True)
-        ]
-        _kernel_cache[path] = (fixture, results)
+        _kernel_cache[path] = (fixture, list(run_ruleset(lab, fixture.ruleset).flows))
     return _kernel_cache[path]
 
 
