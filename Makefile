@@ -35,3 +35,11 @@ demo-status:
 .PHONY: golden
 golden:
 	$(PYTHON) scripts/regen_golden.py
+
+# Differential test of the evaluator against the kernel (root; netns, no dockerd): N random
+# rulesets from SEED on, every flow probed with real packets. See docs/differential.md.
+N ?= 200
+SEED ?= 1
+.PHONY: differential
+differential:
+	$(PYTHON) -m tests.differential --count $(N) --seed $(SEED) --shrink
