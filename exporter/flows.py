@@ -1,9 +1,10 @@
 """Every flow that matters on a network, its expected and its actual verdict, without n² work.
 
 A flow is (source container, target container, protocol, port) on one bridge network and family:
-each ordered pair of members times each port the target exposes (a target exposing nothing gets
-one probe flow, tcp to a port no rule names). A TCP flow is allowed when its first packet and the
-target's reply both pass; a UDP or SCTP flow when its first packet does.
+each ordered pair of members times each port the target exposes, plus a TCP and a UDP probe flow
+to a port no rule names (so a hole for a whole protocol shows even where nothing is exposed). A TCP
+flow is allowed when its first packet, the target's reply and the client's ACK all pass; a UDP or
+SCTP flow when its first packet does (see flow_packets).
 
 A rule only distinguishes the containers whose addresses its matches name. So containers are
 grouped by how every address match that varies across the network treats them; rules whose source
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from exporter.expectations import LinkFlow, Member, NetworkExpectation
 from exporter.firewall.evaluate import Decision, PathInputs, Verdict, evaluate_packet
@@ -32,13 +33,39 @@ from exporter.firewall.matches import (
     side_of,
 )
 from exporter.firewall.rules import Rule, Ruleset
-from exporter.model import ExposedPort
+from exporter.model import ExposedPort, IPAddress
 from exporter.report import Flow, FlowCount
 
 PROBE = "probe"
 PORT_OPTIONS = {"--dport", "--sport", "--dports", "--sports", "--ports", "--destination-port",
                 "--source-port", "--destination-ports", "--source-ports", "--ip-dport",
                 "--ip-sport", "--ip6-dport", "--ip6-sport"}  # fmt: skip
+
+
+def flow_packets(
+    family: str,
+    source: IPAddress,
+    target: IPAddress,
+    bridge: str,
+    protocol: str,
+    port: int,
+    *,
+    arp: bool,
+) -> list[Packet]:
+    """The packets a flow needs to pass: the first one (NEW, from an ephemeral port); for TCP the
+    target's SYN-ACK and the client's ACK (ESTABLISHED both ways); for IPv4, when ebtables
+    decides anything, the ARP request and reply (IPv6 resolves neighbours with ICMPv6, not ARP)."""
+    first = Packet(family, source, target, bridge, bridge, protocol, None, port)  # type: ignore[arg-type]
+    packets = [first]
+    if protocol == "tcp":
+        packets.append(replace(first, src=target, dst=source, sport=port, dport=None,
+                               state="ESTABLISHED", reply=True))  # fmt: skip
+        packets.append(replace(first, state="ESTABLISHED", flags=frozenset({"ACK"})))
+    if arp and family == "ipv4":
+        packets.append(replace(first, protocol="arp", dport=None))
+        packets.append(replace(first, src=target, dst=source, protocol="arp", dport=None,
+                               reply=True))  # fmt: skip
+    return packets
 
 
 @dataclass(frozen=True)
@@ -58,7 +85,11 @@ class _AddressRule:
 
 
 def probe_port(rulesets: Iterable[Ruleset]) -> int:
-    """The lowest port no rule names: a probe there meets only the rules that ignore ports."""
+    """The lowest port no rule names: a probe there meets only the rules that ignore ports.
+
+    When rules name every port, the first port of the widest run of ports that the same rules
+    name: the port that stands for the most others (never a port past 65535).
+    """
     named: list[tuple[int, int]] = []
     for ruleset in rulesets:
         for rule in _rules(ruleset):
@@ -76,7 +107,12 @@ def probe_port(rulesets: Iterable[Ruleset]) -> int:
     for first, last in sorted(named):
         if first <= port <= last:
             port = last + 1
-    return port
+    if port <= 65535:
+        return port
+    # Every port is named: the runs between the ranges' edges are each treated alike by all rules.
+    edges = sorted({1, 65536} | {a for a, _ in named if a >= 1} | {b + 1 for _, b in named})
+    runs = [(b - a, a) for a, b in zip(edges, edges[1:], strict=False) if 1 <= a < b <= 65536]
+    return max(runs, key=lambda run: (run[0], -run[1]))[1]
 
 
 def _rules(ruleset: Ruleset) -> Iterator[Rule]:
@@ -233,26 +269,28 @@ class NetworkFlows:
         return {k: tuple(v) for k, v in signatures.items()}, special
 
     def probes(self, target: Member) -> tuple[Probe, ...]:
+        """Every exposed port, and a TCP and a UDP probe on a port no rule names: a hole for a
+        whole protocol (`-p udp -j RETURN` before Docker's DROP) shows on no exposed port."""
         ports = tuple(Probe(p.protocol, p.port) for p in target.container.exposed)
-        return ports or (Probe("tcp", self.probe, exposed=False),)
+        return ports + (
+            Probe("tcp", self.probe, exposed=False),
+            Probe("udp", self.probe, exposed=False),
+        )
 
     # -- evaluation ----------------------------------------------------------------------------
 
     def decide(self, source: Member, target: Member, probe: Probe) -> Decision:
         """A flow's verdict: every packet it needs must pass."""
-        bridge = self.network.bridge
-        first = Packet(self.family, source.address, target.address, bridge, bridge,
-                       probe.protocol, None, probe.port)  # fmt: skip
-        packets = [first]
-        if probe.protocol == "tcp":
-            packets.append(Packet(self.family, target.address, source.address, bridge, bridge,
-                                  "tcp", probe.port, None, "ESTABLISHED", reply=True))  # fmt: skip
         bridge_rules = self.inputs.firewall.bridge
-        if bridge_rules is None or not bridge_rules.empty:
-            packets.append(Packet(self.family, source.address, target.address, bridge, bridge,
-                                  "arp", None, None))  # fmt: skip
-            packets.append(Packet(self.family, target.address, source.address, bridge, bridge,
-                                  "arp", None, None, reply=True))  # fmt: skip
+        packets = flow_packets(
+            self.family,
+            source.address,
+            target.address,
+            self.network.bridge,
+            probe.protocol,
+            probe.port,
+            arp=bridge_rules is None or not bridge_rules.empty,
+        )
         decisions = [evaluate_packet(packet, self.inputs) for packet in packets]
         for decision in decisions:
             if decision.verdict is Verdict.DENY:

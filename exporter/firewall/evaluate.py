@@ -22,9 +22,11 @@ from heapq import merge
 from exporter.firewall.matches import (
     BRIDGE_MATCHERS,
     MATCHERS,
+    UNTRACKED_TABLE,
     MatchContext,
     Packet,
     Tri,
+    conntrack_without_entry,
     host_address,
 )
 from exporter.firewall.rules import Chain, Rule, Ruleset
@@ -156,6 +158,13 @@ def rule_matches(rule: Rule, packet: Packet, ctx: MatchContext, matchers: dict) 
     for match in rule.matches:
         if not match.options and match.module not in OPTIONLESS_MODULES:
             result = None  # `-m socket`, `-m rpfilter`: a test of its own, not "always true"
+        if match.module == "conntrack" and ctx.table == UNTRACKED_TABLE and matchers is MATCHERS:
+            value = conntrack_without_entry(match.options, packet, ctx)
+            if value is False:
+                return False
+            if value is None:
+                result = None
+            continue
         for option in match.options:
             decide = matchers.get((match.module, option.name))
             value = decide(option, packet, ctx) if decide else None
@@ -271,7 +280,7 @@ def walk_stage(
     if chain is None:
         return [_Outcome("ACCEPT", f"{table} {chain_name} absent")], []
     matchers = BRIDGE_MATCHERS if ruleset.family == "bridge" else MATCHERS
-    ctx = replace(ctx, hook=chain_name)
+    ctx = replace(ctx, hook=chain_name, table=table)
     walk = _Walk(ruleset, table, packet, ctx, matchers, {} if indexes is None else indexes)
     return _walk_builtin(walk, chain), walk.undecided
 
@@ -363,7 +372,9 @@ def evaluate_packet(packet: Packet, inputs: PathInputs) -> Decision:
     bridge = inputs.firewall.bridge
     path = _Path()
     for kind, table, chain_name in STAGES:
-        if table == NAT_NEW_ONLY and packet.state != "NEW":
+        # Conntrack lets only a connection's first packet through iptables' nat; ebtables has no
+        # conntrack, its nat chains see every frame.
+        if kind == "ip" and table == NAT_NEW_ONLY and packet.state != "NEW":
             continue
         if kind == "bridge":
             if bridge is None:

@@ -45,9 +45,13 @@ class Packet:
     # Conntrack state as iptables names it: NEW for the first packet, ESTABLISHED for a reply.
     state: str = "NEW"
     reply: bool = False
+    # TCP flags; None: SYN for a first packet, SYN-ACK for a reply.
+    flags: frozenset[str] | None = None
 
     @property
     def tcp_flags(self) -> frozenset[str]:
+        if self.flags is not None:
+            return self.flags
         return frozenset({"SYN", "ACK"} if self.reply else {"SYN"})
 
 
@@ -55,8 +59,9 @@ class Packet:
 class MatchContext:
     # Sets by name; None when they could not be read (every set match is then undecidable).
     ipsets: dict[str, IPSet] | None
-    # The builtin chain being walked (PREROUTING, FORWARD, ...); "" when not walking a hook.
+    # The builtin chain and table being walked (PREROUTING, raw, ...); "" when not walking one.
     hook: str = ""
+    table: str = ""
 
 
 Decider = Callable[[Option, Packet, MatchContext], Tri]
@@ -290,14 +295,37 @@ def _tcp_flags(option: Option, packet: Packet, _: MatchContext) -> Tri:
     return _negate(option, packet.tcp_flags & mask == wanted & mask)
 
 
-def _ctstate(option: Option, packet: Packet, _: MatchContext) -> Tri:
+# The raw table runs before conntrack (priority -300 < -200): a packet there has no conntrack
+# entry yet, which xt_conntrack and xt_state see as INVALID.
+UNTRACKED_TABLE = "raw"
+
+
+def _ctstate(option: Option, packet: Packet, ctx: MatchContext) -> Tri:
     text = _arg(option)
     if text is None:
         return None
     states = {s.upper() for s in text.split(",")}
     if not states <= {"NEW", "ESTABLISHED", "RELATED", "INVALID", "UNTRACKED", "SNAT", "DNAT"}:
         return None
-    return _negate(option, packet.state in states)
+    state = "INVALID" if ctx.table == UNTRACKED_TABLE else packet.state
+    return _negate(option, state in states)
+
+
+def conntrack_without_entry(options: tuple[Option, ...], packet: Packet, ctx: MatchContext) -> Tri:
+    """`-m conntrack` on a packet without a conntrack entry (raw table): xt_conntrack tests
+    --ctstate alone (as INVALID) and ignores its other options; without --ctstate it never
+    matches."""
+    states = [o for o in options if o.name == "--ctstate"]
+    if not states:
+        return False
+    result: Tri = True
+    for option in states:
+        value = _ctstate(option, packet, ctx)
+        if value is False:
+            return False
+        if value is None:
+            result = None
+    return result
 
 
 def _ctdir(option: Option, packet: Packet, _: MatchContext) -> Tri:

@@ -22,15 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m tests.differential")
     parser.add_argument("--count", type=int, default=200, help="rulesets to try")
     parser.add_argument("--seed", type=int, default=1, help="seed of the first ruleset")
-    parser.add_argument(
-        "--known-bugs", action="store_true", help="also generate what KNOWN_BUGS lists"
-    )
     parser.add_argument("--shrink", action="store_true", help="minimise each disagreement")
     parser.add_argument("--record", type=Path, help="write shrunk disagreements as fixtures here")
     args = parser.parse_args(argv)
     try:
         with BridgeLab() as lab:
-            tally = run_many(lab, args.seed, args.count, args.known_bugs)
+            tally = run_many(lab, args.seed, args.count)
             print(tally.table())
             for result in tally.failed:
                 print(result.report())

@@ -52,21 +52,6 @@ REJECT_WITH = ["icmp-port-unreachable", "icmp-host-prohibited", "icmp-net-unreac
                "icmp-admin-prohibited"]  # fmt: skip
 
 
-# Evaluator bugs this test found (see regressions/ and docs/differential.md). The generator keeps
-# away from them unless asked, so the random set checks everything else; remove an entry once its
-# regression test passes (it is strict xfail, so it fails the suite then).
-KNOWN_BUGS = {
-    "physdev in PREROUTING": "--physdev-is-bridged is false in PREROUTING (no output port yet)",
-    "raw conntrack": "in the raw table conntrack has not run yet: --ctstate/--state see INVALID",
-    "ebtables nat replies": "ebtables nat chains also see replies; the evaluator skips them",
-    "tcp client ACK": "the client's ACK (ESTABLISHED, original direction) is not evaluated",
-}
-# Without known bugs, every hooked iptables chain starts with this: the client's ACK and later
-# packets then pass wherever its SYN passes, and the evaluator's packets (SYN, SYN-ACK) never
-# match it. ebtables has no state or flags, so there the ACK meets what the SYN met.
-CLIENT_ACK_PASSES = "-p tcp -m tcp --tcp-flags SYN,ACK ACK -j ACCEPT"
-
-
 EMPTY_IPSETS = "".join(f"flush {name}\n" for name in IPSETS)
 
 
@@ -77,7 +62,6 @@ class GeneratedRuleset:
     iptables_legacy: str
     ebtables: str
     features: frozenset[str]
-    known_bugs: bool = False  # generated with generate(seed, known_bugs=True)
     ipset: str = EMPTY_IPSETS  # `ipset restore` lines refilling lab.IPSETS
 
     def restore_texts(self) -> tuple[str, str, str, str]:
@@ -108,9 +92,8 @@ class _Chain:
 
 
 class _Generator:
-    def __init__(self, seed: int, known_bugs: bool) -> None:
+    def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
-        self.known_bugs = known_bugs
         self.set_members = self._set_members()
         self.features: set[str] = set()
         self.comments = 0
@@ -135,8 +118,6 @@ class _Generator:
             chains = tables[table] = {name: _Chain("ACCEPT") for name in builtins}
             for hook in HOOKS[table]:
                 self._hook(table, hook, chains, docker_like and table == "filter")
-                if not self.known_bugs:  # KNOWN_BUGS["tcp client ACK"]
-                    chains[hook].rules.insert(0, f"-A {hook} {CLIENT_ACK_PASSES}")
         return _render(tables, commit=True)
 
     def _hook(self, table: str, hook: str, chains: dict[str, _Chain], docker: bool) -> None:
@@ -226,10 +207,7 @@ class _Generator:
     ) -> None:
         """Add one match, of a kind this rule has not used yet (iptables refuses most twice)."""
         kinds = ["address"] * 6 + ["iface"] * 3 + ["iprange", "comment", "addrtype", "set"]
-        if self.known_bugs or table != "raw":
-            kinds += ["conntrack", "conntrack", "state"]  # KNOWN_BUGS["raw conntrack"]
-        if self.known_bugs or hook != "PREROUTING":
-            kinds.append("physdev")  # KNOWN_BUGS["physdev in PREROUTING"]
+        kinds += ["conntrack", "conntrack", "state", "physdev"]
         if self.chance(0.05):
             kinds = ["mark"]
         if proto:
@@ -385,8 +363,7 @@ class _Generator:
         return _render(tables, commit=False)
 
     def _eb_hook(self, table: str, hook: str, chains: dict[str, _Chain]) -> None:
-        nat_drops = self.known_bugs or table != "nat"  # KNOWN_BUGS["ebtables nat replies"]
-        if nat_drops and self.chance(0.08):
+        if self.chance(0.08):
             chains[hook].policy = "DROP"
             self.features.add("ebtables policy DROP")
         users = []
@@ -398,9 +375,9 @@ class _Generator:
         for name in [hook, *users]:
             later = users if name == hook else []
             for _ in range(self.rng.randint(0, 3) if name == hook else self.rng.randint(1, 3)):
-                chains[name].rules.append(self._eb_rule(hook, name, later, nat_drops))
+                chains[name].rules.append(self._eb_rule(hook, name, later))
 
-    def _eb_rule(self, hook: str, chain: str, later: list[str], drops: bool) -> str:
+    def _eb_rule(self, hook: str, chain: str, later: list[str]) -> str:
         parts = []
         roll = self.rng.random()
         if roll < 0.6:
@@ -428,11 +405,7 @@ class _Generator:
         if self.chance(0.1):
             parts.append(f"--pkttype-type {self.pick(['otherhost', 'host'])}")
             self.features.add("ebtables --pkttype-type")
-        targets = (
-            ["ACCEPT", "ACCEPT", "CONTINUE", "RETURN"]
-            + ["DROP"] * drops
-            + ["jump"] * 2 * bool(later)
-        )
+        targets = ["ACCEPT", "ACCEPT", "CONTINUE", "RETURN"] + ["DROP"] + ["jump"] * 2 * bool(later)
         target = self.pick(targets)
         self.features.add(f"ebtables -j {target}")
         parts.append(f"-j {self.pick(later) if target == 'jump' else target}")
@@ -451,9 +424,9 @@ def _render(tables: dict[str, dict[str, _Chain]], commit: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def generate(seed: int, known_bugs: bool = False) -> GeneratedRuleset:
-    """The ruleset of one seed; known_bugs=False keeps away from KNOWN_BUGS."""
-    gen = _Generator(seed, known_bugs)
+def generate(seed: int) -> GeneratedRuleset:
+    """The ruleset of one seed."""
+    gen = _Generator(seed)
     docker_like = gen.chance(0.5)
     mode = gen.pick(["same", "split", "nft only", "legacy only"])
     gen.features.add(f"backends {mode}")
@@ -466,6 +439,4 @@ def generate(seed: int, known_bugs: bool = False) -> GeneratedRuleset:
         empty = _render({t: {c: _Chain("ACCEPT") for c in b} for t, b in BUILTIN.items()}, True)
         nft, legacy = (first, empty) if mode == "nft only" else (empty, first)
     ebtables = gen.ebtables(used=gen.chance(0.4))
-    return GeneratedRuleset(
-        seed, nft, legacy, ebtables, frozenset(gen.features), known_bugs, gen.ipset()
-    )
+    return GeneratedRuleset(seed, nft, legacy, ebtables, frozenset(gen.features), gen.ipset())

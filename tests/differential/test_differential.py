@@ -3,8 +3,7 @@
 A fixed seeded set of random rulesets is loaded into a dockerd-free bridge lab (see lab.py) and
 every flow is probed; an allow or deny that the kernel contradicts fails, printing the seed, the
 flow and the ruleset. Unknown is allowed and counted per generator feature (the table is printed).
-Regression fixtures keep each disagreement found; those that are evaluator bugs still open are
-strict xfail, so fixing one turns its test red until the xfail (and its KNOWN_BUGS entry) goes.
+Regression fixtures keep each disagreement found (each an evaluator bug, fixed since).
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import pytest
 
 from exporter.firewall.evaluate import Verdict
 from tests.differential.fixtures import Fixture, fixtures, read_fixture
-from tests.differential.generator import DPORTS, KNOWN_BUGS, MULTI_DPORTS, generate
+from tests.differential.generator import DPORTS, MULTI_DPORTS, generate
 from tests.differential.lab import UNNAMED_PORT, BridgeLab, lab_namespaces
 from tests.differential.run import FlowResult, run_many, run_ruleset
 
@@ -25,14 +24,6 @@ pytestmark = pytest.mark.lab
 CI_SEED = 1
 CI_RULESETS = 200
 MIN_VERDICTS = 10_000
-
-# Fixture name -> the KNOWN_BUGS entry it shows. A fixture not listed here must pass.
-OPEN_BUGS = {
-    "physdev-is-bridged-in-prerouting": "physdev in PREROUTING",
-    "conntrack-state-in-raw": "raw conntrack",
-    "ebtables-nat-sees-replies": "ebtables nat replies",
-    "tcp-client-ack-not-evaluated": "tcp client ACK",
-}
 
 
 @pytest.fixture(scope="module")
@@ -59,16 +50,7 @@ def test_random_rulesets_agree_with_the_kernel(
 
 
 def _fixture_params() -> list[object]:
-    params = []
-    for path in fixtures():
-        bug = OPEN_BUGS.get(path.stem)
-        marks = (
-            [pytest.mark.xfail(strict=True, reason=f"evaluator bug: {KNOWN_BUGS[bug]}")]
-            if bug
-            else []
-        )
-        params.append(pytest.param(path, marks=marks, id=path.stem))
-    return params
+    return [pytest.param(path, id=path.stem) for path in fixtures()]
 
 
 _kernel_cache: dict[Path, tuple[Fixture, list[FlowResult]]] = {}
@@ -104,19 +86,9 @@ def test_no_generated_destination_port_names_the_unnamed_port() -> None:
             assert not int(low) <= UNNAMED_PORT <= int(high or low), text
 
 
-def test_the_generator_is_seeded_and_avoids_known_bugs() -> None:
+def test_the_generator_is_seeded() -> None:
     assert generate(5) == generate(5)
     assert generate(5) != generate(6)
-    texts = [generate(seed) for seed in range(300)]
-    for ruleset in texts:
-        raw = ruleset.iptables_nft.split("*mangle")[0] + ruleset.iptables_legacy.split("*mangle")[0]
-        assert "--ctstate" not in raw and "--state" not in raw
-        prerouting = [
-            line
-            for text in (ruleset.iptables_nft, ruleset.iptables_legacy)
-            for line in text.splitlines()
-            if "PRER" in line.split(" -")[0] or line.startswith("-A PREROUTING")
-        ]
-        assert not any("physdev" in line for line in prerouting)
-    with_bugs = "".join(generate(seed, known_bugs=True).text() for seed in range(300))
-    assert "physdev" in with_bugs and "-A PREROUTING -m conntrack" in with_bugs
+    text = "".join(generate(seed).text() for seed in range(300))
+    # The constructs the first differential runs found evaluator bugs in stay generated.
+    assert "physdev" in text and "-A PREROUTING -m conntrack" in text

@@ -116,13 +116,27 @@ def inputs(
 
 
 def flow_packets(source: Member, target: Member, protocol: str, port: int, bridge: str, arp: bool):
-    """The packets flows.py documents: the first packet; for TCP the target's reply too; the ARP
-    exchange when ebtables decides anything."""
+    """The packets flows.py documents: the first packet; for TCP the target's reply and the
+    client's ACK too; for IPv4 the ARP exchange when ebtables decides anything."""
     first = packet(str(source.address), str(target.address), protocol, port, bridge=bridge)
     found = [first]
     if protocol == "tcp":
         found.append(reply_of(first))
-    if arp:
+        found.append(
+            Packet(
+                first.family,
+                first.src,
+                first.dst,
+                bridge,
+                bridge,
+                "tcp",
+                None,
+                port,
+                "ESTABLISHED",
+                flags=frozenset({"ACK"}),
+            )
+        )
+    if arp and first.family == "ipv4":
         src, dst = str(source.address), str(target.address)
         found.append(packet(src, dst, "arp", None, bridge=bridge))
         found.append(packet(dst, src, "arp", None, bridge=bridge, reply=True))
@@ -152,7 +166,7 @@ def one_by_one(
             if source is target:
                 continue
             ports = [(p.protocol, p.port, p.port) for p in target.container.exposed]
-            for protocol, port, label in ports or [("tcp", probe, None)]:
+            for protocol, port, label in ports + [("tcp", probe, None), ("udp", probe, None)]:
                 packets = flow_packets(
                     source, target, protocol, port, expectation.network.bridge, arp
                 )

@@ -96,8 +96,8 @@ def test_default_listing_holds_link_flows_and_counts_the_rest():
     report = decide(L.default_bridge_state(False), (L.LAYOUTS / L.LINK_LAYOUTS[2]).read_text())
     assert [(f.source, f.target) for f in report.flows] == [("client", "web")]
     counted = {(c.expected, c.actual): c.count for c in report.flow_counts}
-    # 3 containers: 6 ordered pairs, one port or probe each.
-    assert counted == {("allow", "allow"): 1, ("deny", "deny"): 5}
+    # 3 containers: 6 ordered pairs, each with a TCP and a UDP probe, plus web's port 80 twice.
+    assert counted == {("allow", "allow"): 1, ("deny", "deny"): 13}
 
 
 @pytest.mark.parametrize("fixture", L.NFTABLES_LAYOUTS)
@@ -147,7 +147,7 @@ def test_blanket_accept_breaches_isolation(text, chain):
     assert {"isolation_breach", "unexpected_accept_rule"} <= kinds(report)
     assert verdicts(report)[("bridge", "loner", "web", 80)] == "allow"
     breaches = [c.count for c in report.flow_counts if (c.expected, c.actual) == ("deny", "allow")]
-    assert breaches == [5]
+    assert breaches == [13]  # loner -> web:80 and 12 probes (6 pairs, TCP and UDP)
 
 
 def test_accept_between_two_unlinked_containers():

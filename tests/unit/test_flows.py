@@ -53,19 +53,25 @@ def test_clean_link_layout_counts_every_pair_and_lists_only_the_link():
     assert [(f.source, f.target, f.alias, f.port) for f in listed] == [("client", "web", "web", 80)]
     assert counted(counts) == {
         ("bridge", "ipv4", "allow", "allow"): 1,
-        ("bridge", "ipv4", "deny", "deny"): 5,
+        # 6 ordered pairs with a TCP and a UDP probe each, and loner -> web:80
+        ("bridge", "ipv4", "deny", "deny"): 13,
     }
 
 
-def test_list_all_lists_every_ordered_pair_with_each_target_port_or_a_probe():
+def test_list_all_lists_every_ordered_pair_with_each_target_port_and_two_probes():
     listed, _ = flows(D28)
+    names = ("client", "web", "loner")
+    probes = {
+        (source, target, protocol, None): ("deny", "deny")
+        for source in names
+        for target in names
+        if source != target
+        for protocol in ("tcp", "udp")
+    }
     assert table(listed) == {
         ("client", "web", "tcp", 80): ("allow", "allow"),
         ("loner", "web", "tcp", 80): ("deny", "deny"),
-        ("web", "client", "tcp", None): ("deny", "deny"),
-        ("loner", "client", "tcp", None): ("deny", "deny"),
-        ("web", "loner", "tcp", None): ("deny", "deny"),
-        ("client", "loner", "tcp", None): ("deny", "deny"),
+        **probes,
     }
 
 
@@ -73,8 +79,8 @@ def test_unexpected_verdicts_are_listed_one_by_one_even_when_grouped():
     wide_open = ruleset("-A FORWARD -j ACCEPT")
     listed, counts = flows(wide_open, list_all=False)
     breaches = {(f.source, f.target) for f in listed if (f.expected, f.actual) == ("deny", "allow")}
-    assert len(breaches) == 5 and ("loner", "web") in breaches
-    assert counted(counts)[("bridge", "ipv4", "deny", "allow")] == 5
+    assert len(breaches) == 6 and ("loner", "web") in breaches  # probes: client -> web too
+    assert counted(counts)[("bridge", "ipv4", "deny", "allow")] == 13
     assert {f.reason for f in listed} == {"nft filter FORWARD #1: -A FORWARD -j ACCEPT"}
 
 
@@ -156,7 +162,8 @@ def test_ipv6_members_are_flows_of_their_own_family():
     six = ruleset("-A FORWARD -i br0 -o br0 -j DROP", family="ipv6")
     listed, counts = flows(ruleset(), six, state=DockerState("t", "1.41", (net,), members))
     assert {(f.family, f.actual) for f in listed} == {("ipv4", "allow"), ("ipv6", "deny")}
-    assert counted(counts) == {("n", "ipv4", "deny", "allow"): 2, ("n", "ipv6", "deny", "deny"): 2}
+    # per family: 2 ordered pairs, each with port 80 and a TCP and a UDP probe
+    assert counted(counts) == {("n", "ipv4", "deny", "allow"): 6, ("n", "ipv6", "deny", "deny"): 6}
 
 
 # ---- the probe port --------------------------------------------------------------------------
@@ -194,15 +201,14 @@ def test_target_exposing_nothing_is_probed_on_a_port_no_rule_names():
     assert {(f.port, f.actual) for f in listed} == {(None, "deny")}
 
 
-@pytest.mark.xfail(strict=True, reason="bug: rules naming every port push the probe to 65536")
 def test_accept_on_every_port_is_a_breach_for_targets_exposing_nothing():
     # Every real TCP port matches; the probe must be one of them, not the impossible port 65536.
     rules = ruleset("-A FORWARD -p tcp -m tcp --dport 1:65535 -j ACCEPT", "-A FORWARD -j DROP")
     listed, _ = flows(rules, state=two(False))
-    assert {f.actual for f in listed} == {"allow"}
+    assert {(f.protocol, f.actual) for f in listed} == {("tcp", "allow"), ("udp", "deny")}
+    assert probe_port([rules]) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="bug: only TCP is probed, a UDP-only hole is never seen")
 def test_isolation_broken_for_udp_only_is_a_breach():
     # A RETURN for UDP before Docker's icc DROP sends every UDP packet back to FORWARD's ACCEPT
     # policy: the kernel passes UDP between all isolated containers. No ACCEPT rule is involved,
@@ -216,7 +222,6 @@ def test_isolation_broken_for_udp_only_is_a_breach():
     assert ("deny", "allow") in {(f.expected, f.actual) for f in listed}
 
 
-@pytest.mark.xfail(strict=True, reason="bug: IPv6 flows carry ARP packets; IPv6 resolves by NDP")
 def test_dropping_arp_does_not_block_ipv6():
     # IPv6 finds its neighbours with ICMPv6 (ethertype IPv6), never ARP: an ebtables rule that
     # drops every ARP frame leaves IPv6 between the containers untouched.
