@@ -73,12 +73,20 @@ class _Token:
     quoted: bool = False
 
 
+_SHELL_SPECIAL = re.compile(r"[\"'\\]")
+# shlex's own whitespace; str.split() would also split at other Unicode spaces.
+_SHLEX_WHITESPACE = re.compile(r"[ \t\r\n]+")
+
+
 def _tokenize(text: str) -> list[_Token]:
     """Split like a POSIX shell (as iptables-restore does), remembering which words were quoted.
 
     shlex does the splitting and raises ValueError on an unbalanced quote; a second, word-by-word
-    pass with shlex in non-POSIX mode tells which words carried quotes.
+    pass with shlex in non-POSIX mode tells which words carried quotes. Most lines have neither
+    quotes nor backslashes; for them shlex's answer is a split at its whitespace, without shlex.
     """
+    if not _SHELL_SPECIAL.search(text):
+        return [_Token(value) for value in _SHLEX_WHITESPACE.split(text) if value]
     values = shlex.split(text, posix=True)
     raw = shlex.shlex(text, posix=False)
     raw.whitespace_split = True

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from exporter.firewall.parse import (
+    _tokenize,
     parse_ebtables_save,
     parse_ipset_save,
     parse_iptables_save,
@@ -687,3 +691,9 @@ def test_nft_lists_every_table() -> None:
     info = parse_nft_ruleset(read("tools", "nft-ruleset-iptables-only.json"))
     assert set(info.tables) == {"ip filter", "bridge filter"}
     assert "ip filter" in parse_nft_ruleset(read("tools", "nft-ruleset.json")).tables
+
+
+@given(st.text(alphabet=st.sampled_from(list("-Aab01 .:/!\t,+_=#*\x0b\xa0")), max_size=60))
+def test_the_plain_split_is_shlex_for_lines_without_quotes_or_backslashes(line):
+    # The fast path must split exactly where shlex would (iptables-restore splits like a shell).
+    assert [token.value for token in _tokenize(line)] == shlex.split(line)
