@@ -38,6 +38,7 @@ from exporter.firewall.rules import Chain, Rule, Ruleset
 from exporter.firewall.state import FirewallState, NftablesInfo
 from exporter.model import IPAddress
 
+
 @dataclass(frozen=True)
 class Stage:
     """One base chain a bridged packet meets: an x_tables table's builtin chain, or a native

@@ -246,7 +246,9 @@ class NftWalk:
 
     def _chain(self, chain: NftChain, depth: int) -> list[Outcome]:
         if depth > MAX_DEPTH:
-            return [Outcome("UNKNOWN", f"nft chain nesting deeper than {MAX_DEPTH} at {chain.label}")]
+            return [
+                Outcome("UNKNOWN", f"nft chain nesting deeper than {MAX_DEPTH} at {chain.label}")
+            ]
         outcomes: list[Outcome] = []
         for rule in chain.rules:
             ends, goes_on = self._rule(rule, depth)
@@ -335,7 +337,9 @@ class NftWalk:
             if not isinstance(verdict, dict) or len(verdict) != 1:
                 return [Outcome("UNKNOWN", f"verdict map element not understood: {where}")], True
             ((kind, verdict_body),) = verdict.items()
-            found, on = self._verdict(rule, kind, verdict_body, where, depth, sure and value is True)
+            found, on = self._verdict(
+                rule, kind, verdict_body, where, depth, sure and value is True
+            )
             ends.extend(found)
             goes_on = goes_on or on
             if value is True:
@@ -385,9 +389,8 @@ class NftWalk:
             if elements is None:
                 return None
             right = {"set": list(elements)}
-        if kind == "flags":
-            result = _flags_match(value, op, right)
-            return result
+        if kind in ("flags", "status"):
+            return _flags_match(value, op, right)
         if op in ("<", ">", "<=", ">="):
             return _ordered(kind, value, op, right)
         if op == "in":
@@ -578,7 +581,11 @@ def _protocol_number(right: Any) -> int | None:
 def _port_member(port: int | None, right: Any) -> Tri:
     if isinstance(right, int):
         low = high = right
-    elif isinstance(right, dict) and isinstance(right.get("range"), list) and len(right["range"]) == 2:
+    elif (
+        isinstance(right, dict)
+        and isinstance(right.get("range"), list)
+        and len(right["range"]) == 2
+    ):
         low, high = right["range"]
         if not isinstance(low, int) or not isinstance(high, int):
             return None

@@ -923,10 +923,11 @@ def parse_nft_ruleset(json_text: str) -> NftablesInfo:
     ingress (netdev, inet) go to foreign_chains as "FAMILY TABLE CHAIN hook HOOK"; hooks such as
     input/output never see bridged container traffic. A table of another family with an
     iptables-like name (inet filter) is foreign. Every table that is neither iptables-nft's,
-    ebtables-nft's nor Docker's goes to native (chains, rules, sets and maps). Every table goes to tables as "FAMILY NAME"
-    (check.py compares them with what iptables-nft-save and ebtables-nft-save printed). Raises
-    ValueError with a one-line message for text that is not JSON, has no "nftables" list, or holds
-    an object nft does not print (see _nft_objects); empty text is not JSON.
+    ebtables-nft's nor Docker's goes to native (chains, rules, sets and maps). Every table goes
+    to tables as "FAMILY NAME" (check.py compares them with what iptables-nft-save and
+    ebtables-nft-save printed). Raises ValueError with a one-line message for text that is not
+    JSON, has no "nftables" list, or holds an object nft does not print (see _nft_objects);
+    empty text is not JSON.
     """
     docker: list[str] = []
     foreign: list[str] = []
