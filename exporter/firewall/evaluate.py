@@ -321,8 +321,8 @@ class PathInputs:
     def table_indexes(self, ruleset: Ruleset, table: str) -> dict[str, _HostIndex]:
         return self.indexes.setdefault((id(ruleset), table), {})
 
-    def blocker(self, family: str, bridge: str = "") -> str | None:
-        """A reason why nothing can be decided for this family (on this bridge), or None."""
+    def blocker(self, family: str) -> str | None:
+        """A reason why nothing can be decided for this family, or None."""
         if family in self.unreadable:
             return f"{'ip6tables' if family == 'ipv6' else 'iptables'} rules could not be read"
         nft = self.firewall.nftables
@@ -336,7 +336,7 @@ class PathInputs:
         missing = [label for label in nft.foreign_chains if label not in modelled]
         if missing:
             return "nftables chains outside iptables decide bridged packets: " + ", ".join(missing)
-        on_ports = nft.native.port_chains(bridge)
+        on_ports = nft.native.port_chains()
         if on_ports:
             return "nftables chains on the bridge ports are not evaluated: " + ", ".join(
                 f"{c.label} hook {c.hook}" for c in on_ports
@@ -406,7 +406,7 @@ class _Path:
 
 def evaluate_packet(packet: Packet, inputs: PathInputs) -> Decision:
     """The fate of one packet along the bridged path."""
-    blocker = inputs.blocker(packet.family, packet.in_iface)
+    blocker = inputs.blocker(packet.family)
     if blocker:
         return Decision(Verdict.UNKNOWN, blocker)
     ctx = MatchContext(inputs.firewall.ipsets)
@@ -464,7 +464,7 @@ def _native_stage(
     else:
         # At the bridge hooks the entry comes from the IP prerouting that br_netfilter ran.
         tracked = ip_hooks and (stage.hook != "prerouting" or stage.priority > 0)
-    walk = NftWalk(native, packet, stage.layer, tracked, path.mark)
+    walk = NftWalk(native, packet, stage.layer, stage.hook, tracked, path.mark)
     outcomes = [_Outcome(o.kind, o.reason) for o in walk.run(chain)]
     path.mark = walk.mark
     return path.stage(outcomes, walk.undecided, f"nft {chain.type}")

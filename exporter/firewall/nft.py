@@ -109,18 +109,19 @@ class NftRuleset:
         found = [c for c in self.chains.values() if c.hook == hook]
         return sorted(found, key=lambda c: (c.prio or 0, c.label))
 
-    def port_chains(self, bridge: str | None = None) -> list[NftChain]:
+    def port_chains(self) -> list[NftChain]:
         """Device chains that may see a bridged packet and are not empty with policy accept.
 
         Docker names a container's host-side interface veth*; a chain bound only to other
-        devices (eth0, lo) never sees traffic between two containers on one bridge.
+        devices (eth0, lo, the bridge itself: a frame bridged port to port never enters or
+        leaves through the bridge device) never sees traffic between two containers.
         """
         return [
             c
             for c in self.chains.values()
             if c.hook in PORT_HOOKS
             and not c.passes_everything
-            and (not c.devices or any(d.startswith("veth") or d == bridge for d in c.devices))
+            and (not c.devices or any(d.startswith("veth") for d in c.devices))
         ]
 
 
@@ -226,6 +227,7 @@ class NftWalk:
     packet: Packet
     # "bridge" where the bridge hooks run (ports as interfaces), "ip" for the IP hooks.
     layer: str
+    hook: str
     # Whether conntrack has seen the packet before this chain runs.
     tracked: bool
     # The packet's mark where known: set by a `meta mark set` earlier on this packet's path.
@@ -424,14 +426,8 @@ class NftWalk:
 
     def _meta(self, key: Any) -> tuple[str, Any] | None | object:
         packet = self.packet
-        if key in ("iifname", "oifname"):
-            if self.layer == "bridge":
-                return ("bridge port", None)  # the container's veth: its name is not known
-            return ("ifname", packet.in_iface if key == "iifname" else packet.out_iface)
-        if key in ("ibrname", "obrname"):
-            if self.layer != "bridge":
-                return None
-            return ("ifname", packet.in_iface if key == "ibrname" else packet.out_iface)
+        if key in ("iifname", "oifname", "ibrname", "obrname"):
+            return self._device(key)
         if key == "l4proto":
             if packet.protocol == "arp":
                 return ("l4", 0)
@@ -445,6 +441,20 @@ class NftWalk:
         if key == "mark" and self.mark is not None:
             return ("number", self.mark)
         return None
+
+    def _device(self, key: str) -> tuple[str, Any] | None:
+        """The in/out interface or bridge name. Prerouting has no out device and postrouting no
+        in device: nft then compares an empty name. At the bridge hooks the interfaces are the
+        bridge ports (the containers' veths, names unknown) and ibrname/obrname the bridge."""
+        inbound = key[0] == "i"
+        if (self.hook == "prerouting" and not inbound) or (self.hook == "postrouting" and inbound):
+            return ("ifname", "")
+        bridge = self.packet.in_iface if inbound else self.packet.out_iface
+        if key.endswith("brname"):
+            return ("ifname", bridge) if self.layer == "bridge" else None
+        if self.layer == "bridge":
+            return ("bridge port", bridge)
+        return ("ifname", bridge)
 
     def _payload(self, protocol: Any, name: Any) -> tuple[str, Any] | None | object:
         packet = self.packet
@@ -546,11 +556,9 @@ def _member(kind: str, value: Any, right: Any) -> Tri:
     if kind == "address":
         return _address_member(value, right)
     if kind == "ifname":
-        if not isinstance(right, str):
-            return None
-        if right.endswith("*") and not right.endswith("\\*"):
-            return value.startswith(right[:-1])
-        return value == right.replace("\\*", "*")
+        return _ifname_member(value, right)
+    if kind == "bridge port":
+        return _port_name_member(value, right)
     if kind == "l4":
         wanted = _protocol_number(right)
         return None if wanted is None or value is None else wanted == value
@@ -558,6 +566,23 @@ def _member(kind: str, value: Any, right: Any) -> Tri:
         return _named_equal(kind, value, right)
     if kind == "number":
         return value == right if isinstance(right, int) else None
+    return None
+
+
+def _ifname_member(name: str, right: Any) -> Tri:
+    if not isinstance(right, str):
+        return None
+    if right.endswith("*") and not right.endswith("\\*"):
+        return name.startswith(right[:-1])
+    return name == right.replace("\\*", "*")
+
+
+def _port_name_member(bridge: str, right: Any) -> Tri:
+    """A bridge port's name: Docker names every port veth*, and a port is never the bridge."""
+    if right in ("veth*", "*"):
+        return True
+    if right == bridge:
+        return False
     return None
 
 
