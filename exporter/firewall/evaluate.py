@@ -440,8 +440,8 @@ def evaluate_packet(packet: Packet, inputs: PathInputs) -> Decision:
             outcomes, undecided = walk_stage(
                 ruleset, stage.table, stage.chain, packet, ctx, indexes
             )
-            if _sets_marks(ruleset, stage.table):
-                path.mark = None
+            if path.mark is not None and _sets_marks(ruleset, stage.table):
+                path.mark = None  # checked only when known: it reads the whole table
             if not path.stage(outcomes, undecided, stage.table):
                 return path.conclude(alive=False)
     return path.conclude(alive=True)

@@ -87,9 +87,13 @@ def test_firewalld_like_zone_chains_decide_per_bridge_and_state():
     assert verdict(info, DOCKER_ACCEPT, pkt=reply_of(first)).verdict is Verdict.ALLOW
     other_bridge = packet("172.30.0.3", "172.30.0.2", bridge="br-1234")
     denied = verdict(info, pkt=other_bridge)
-    assert denied.verdict is Verdict.DENY and "filter_FWD_public handle 21" in denied.reason
+    assert denied.verdict is Verdict.DENY and "filter_FWD_public handle 24" in denied.reason
     blocked = verdict(info, DOCKER_ACCEPT, pkt=packet("192.0.2.7", "172.30.0.2"))
-    assert blocked.verdict is Verdict.DENY and "handle 14" in blocked.reason
+    assert blocked.verdict is Verdict.DENY and "filter_FORWARD handle 15" in blocked.reason
+    rich_rule = verdict(info, DOCKER_ACCEPT, pkt=packet("172.30.0.4", "172.30.0.2", dport=8080))
+    assert (
+        rich_rule.verdict is Verdict.DENY and "filter_FWD_docker_deny handle 20" in rich_rule.reason
+    )
 
 
 def test_forward_drop_by_address_port_and_range():
