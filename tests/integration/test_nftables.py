@@ -37,8 +37,7 @@ from exporter.firewall.state import FirewallState
 pytestmark = pytest.mark.lab
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "nft"
-RULESETS = ("debian-stock", "firewalld-like", "drop-by-address", "drop-by-set", "bridge-drop",
-            "early-accept")  # fmt: skip
+RULESETS = sorted(path.stem for path in FIXTURES.glob("*.nft"))
 BRIDGE = "docker0"
 SUBNET = "172.30.0."
 CONTAINERS = 3

@@ -245,3 +245,17 @@ def test_host_findings_name_only_what_is_not_evaluated():
     found = host_findings(FirewallState(nftables=on_veth), None, [])
     messages = [f.detail for f in found if f.kind == UNSUPPORTED_FIREWALL]
     assert len(messages) == 1 and "netdev n in hook ingress" in messages[0]
+
+
+def test_devices_a_hook_lacks_are_empty_and_conntrack_is_known_after_it_ran():
+    info = nft("hooks-and-conntrack")
+    cases = [
+        (packet("172.30.0.2", "172.30.0.3", dport=8080), "inet edges prerouting"),
+        (reply_of(packet("172.30.0.4", "172.30.0.3", dport=8080)), "bridge late forward"),
+        (packet("172.30.0.2", "172.30.0.4", "udp", 9090), "inet edges postrouting"),
+    ]
+    for pkt, where in cases:
+        decision = verdict(info, "-A FORWARD -j ACCEPT", pkt=pkt)
+        assert decision.verdict is Verdict.DENY and where in decision.reason, pkt
+    allowed = packet("172.30.0.3", "172.30.0.2", "udp", 9090)
+    assert verdict(info, "-A FORWARD -j ACCEPT", pkt=allowed).verdict is Verdict.ALLOW
