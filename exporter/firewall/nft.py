@@ -186,7 +186,7 @@ def _rule(body: dict) -> NftRule:
 
 def _set(body: dict, is_map: bool) -> NftSet:
     flags = body.get("flags") or []
-    flags = [flags] if isinstance(flags, str) else flags
+    flags = [flags] if isinstance(flags, str) else flags if isinstance(flags, list) else []
     elements = body.get("elem") or []
     dynamic = "dynamic" in flags or "timeout" in flags or "timeout" in body
     return NftSet(
@@ -278,14 +278,15 @@ class NftWalk:
                 continue
             elif kind in UNDECIDABLE_STATEMENTS:
                 sure = self._undecided(sure, where)
-            elif kind == "mangle" and _meta_key(body.get("key")) == "mark":
-                value = body.get("value")
+            elif kind == "mangle" and _meta_key(_get(body, "key")) == "mark":
+                value = _get(body, "value")
                 self.mark = value if sure and isinstance(value, int) else None
             elif kind in VERDICTS:
                 ends, goes_on = self._verdict(rule, kind, body, where, depth, sure)
                 return ends, goes_on or not sure
             elif kind == "vmap":
-                ends, goes_on = self._vmap(rule, body, where, depth, sure)
+                ends, goes_on = self._vmap(rule, body if isinstance(body, dict) else {}, where,
+                                           depth, sure)  # fmt: skip
                 return ends, goes_on or not sure
             else:  # rewriting statements, and any statement this walk does not know
                 what = "rewrites the packet" if kind in REWRITING_STATEMENTS else "not evaluated"
@@ -648,6 +649,11 @@ def _ordered(kind: str, value: Any, op: str, right: Any) -> Tri:
     bounds = {"<": (0, right - 1), "<=": (0, right), ">": (right + 1, 65535), ">=": (right, 65535)}
     low, high = bounds[op]
     return _port_member(value, {"range": [low, high]})
+
+
+def _get(body: Any, key: str) -> Any:
+    """A field of an expression body, None when the body is not an object."""
+    return body.get(key) if isinstance(body, dict) else None
 
 
 def _meta_key(expr: Any) -> str | None:

@@ -870,9 +870,19 @@ NFT_FAMILIES = frozenset({"ip", "ip6", "inet", "arp", "bridge", "netdev"})
 # Fields of table and chain objects this module reads, and the JSON type each must have.
 NFT_FIELD_TYPES: dict[str, dict[str, type]] = {
     "table": {"family": str, "name": str},
-    "chain": {"family": str, "table": str, "name": str, "hook": str, "prio": int},
+    "chain": {"family": str, "table": str, "name": str, "hook": str, "prio": int, "policy": str,
+              "type": str},
+    "rule": {"family": str, "table": str, "chain": str, "expr": list},
+    "set": {"family": str, "table": str, "name": str, "elem": list},
+    "map": {"family": str, "table": str, "name": str, "elem": list},
+}  # fmt: skip
+NFT_REQUIRED = {
+    "table": ("family", "name"),
+    "chain": ("family", "table", "name"),
+    "rule": ("family", "table", "chain", "expr"),
+    "set": ("family", "table", "name"),
+    "map": ("family", "table", "name"),
 }
-NFT_REQUIRED = {"table": ("family", "name"), "chain": ("family", "table", "name")}
 
 
 def _nft_objects(json_text: str) -> list[dict]:

@@ -259,3 +259,26 @@ def test_devices_a_hook_lacks_are_empty_and_conntrack_is_known_after_it_ran():
         assert decision.verdict is Verdict.DENY and where in decision.reason, pkt
     allowed = packet("172.30.0.3", "172.30.0.2", "udp", 9090)
     assert verdict(info, "-A FORWARD -j ACCEPT", pkt=allowed).verdict is Verdict.ALLOW
+
+
+@pytest.mark.parametrize(
+    "item,words",
+    [
+        ({"rule": {"family": "ip", "table": "t", "chain": "c"}}, "rule has no expr"),
+        ({"rule": {"family": "ip", "table": "t", "chain": "c", "expr": {}}}, "expr is not a list"),
+        ({"set": {"family": "ip", "table": "t", "name": "s", "elem": 3}}, "elem is not a list"),
+        ({"chain": {"family": "ip", "table": "t", "name": "c", "policy": 1}}, "policy is not"),
+    ],
+)
+def test_objects_nft_never_prints_make_the_ruleset_unreadable(item, words):
+    with pytest.raises(ValueError, match=words):
+        nft_doc(item)
+
+
+def test_a_rule_with_an_expression_nft_never_prints_is_unknown_where_reached():
+    info = nft_doc(
+        base_chain("ip", "t", "c", "forward", 0),
+        rule("ip", "t", "c", {"accept": None, "drop": None}),
+    )
+    decision = verdict(info, DOCKER_ACCEPT)
+    assert decision.verdict is Verdict.UNKNOWN and "not understood" in decision.reason
