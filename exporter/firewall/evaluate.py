@@ -343,6 +343,19 @@ class PathInputs:
             )
         return None
 
+    def decides_arp(self) -> bool:
+        """Whether any chain may stop an ARP frame: ebtables unread or not empty, or a native
+        bridge-family chain that does more than accept. Only then are ARP frames worth walking."""
+        bridge = self.firewall.bridge
+        if bridge is None or not bridge.empty:
+            return True
+        nft = self.firewall.nftables
+        return nft is not None and any(
+            chain.family == "bridge" and not chain.passes_everything
+            for hook in BRIDGED_HOOKS
+            for chain in nft.native.base_chains(hook)
+        )
+
     def stages(self, family: str) -> list[Stage]:
         """Every base chain a packet of `family` meets, in order: built once per check."""
         found = self.stage_lists.get(family)

@@ -282,3 +282,16 @@ def test_a_rule_with_an_expression_nft_never_prints_is_unknown_where_reached():
     )
     decision = verdict(info, DOCKER_ACCEPT)
     assert decision.verdict is Verdict.UNKNOWN and "not understood" in decision.reason
+
+
+def test_arp_frames_matter_once_a_native_bridge_chain_may_stop_them():
+    assert not inputs(nftables=nft("debian-stock")).decides_arp()
+    bridge = inputs(nftables=nft("bridge-drop"))
+    assert bridge.decides_arp()
+    arp = packet("172.30.0.2", "172.30.0.4", "arp", None)
+    dropping = nft_doc(
+        base_chain("bridge", "t", "fwd", "forward", 0),
+        rule("bridge", "t", "fwd", match({"payload": {"protocol": "ether", "field": "type"}},
+                                         "arp"), {"drop": None}),
+    )  # fmt: skip
+    assert verdict(dropping, DOCKER_ACCEPT, pkt=arp).verdict is Verdict.DENY
