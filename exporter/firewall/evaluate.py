@@ -461,10 +461,11 @@ def evaluate_packet(packet: Packet, inputs: PathInputs) -> Decision:
 
 
 def _nat_only(stage: Stage) -> bool:
-    """Only a connection's first packet passes nat chains (x_tables' nat, nft type nat)."""
+    """Conntrack lets only a connection's first packet through nat chains: iptables' nat and
+    native chains of type nat. ebtables has no conntrack, its nat chains see every frame."""
     if stage.nft is not None:
         return stage.nft.type == "nat"
-    return stage.table == NAT_NEW_ONLY
+    return stage.layer == "ip" and stage.table == NAT_NEW_ONLY
 
 
 def _native_stage(

@@ -13,6 +13,7 @@ cannot show (`xt`) end their branch as UNKNOWN: the packet after them is not the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import ip_address, ip_network
 from typing import Any
@@ -37,7 +38,6 @@ REWRITING_STATEMENTS = frozenset(
 UNDECIDABLE_STATEMENTS = frozenset({"limit", "quota", "ct count"})
 VERDICTS = frozenset({"accept", "drop", "reject", "jump", "goto", "return", "continue"})
 
-L4_NAMES = {"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1, "ipv6-icmp": 58, "icmpv6": 58}
 ETHER_TYPES = {"ipv4": "ip", "ipv6": "ip6", "arp": "arp"}
 
 
@@ -125,7 +125,7 @@ class NftRuleset:
         ]
 
 
-def build_ruleset(objects: list[dict], keep: Any) -> NftRuleset:
+def build_ruleset(objects: list[dict], keep: Callable[[str, str], bool]) -> NftRuleset:
     """The model of the tables `keep(family, table)` accepts, from nft's object list.
 
     Rules come after their chain in nft's listing; a rule of a chain never listed is kept in a
@@ -601,7 +601,7 @@ def _named_equal(kind: str, value: str, right: Any) -> Tri:
 def _protocol_number(right: Any) -> int | None:
     if isinstance(right, int):
         return right
-    return L4_NAMES.get(right) if isinstance(right, str) else None
+    return PROTOCOL_NUMBERS.get(right) if isinstance(right, str) else None
 
 
 def _port_member(port: int | None, right: Any) -> Tri:
