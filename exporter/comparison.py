@@ -20,6 +20,7 @@ from exporter.firewall.matches import (
     in_network,
     side_of,
 )
+from exporter.firewall.nft import unsupported as unsupported_nft
 from exporter.firewall.rules import Option, Rule, Ruleset
 from exporter.firewall.state import FirewallState
 from exporter.model import HostSettings
@@ -391,10 +392,17 @@ def host_findings(
                 UNSUPPORTED_FIREWALL, "", f"Docker's nftables firewall backend ({table}) is not "
                 "evaluated yet: its flows are reported unknown",
             ))  # fmt: skip
+        modelled = {f"{c.label} hook {c.hook}" for c in nft.native.chains.values()}
         for chain in nft.foreign_chains:
+            if chain not in modelled:
+                findings.append(Finding(
+                    UNSUPPORTED_FIREWALL, "", f"nftables chain {chain} also decides bridged "
+                    "packets and is not evaluated: flows are reported unknown",
+                ))  # fmt: skip
+        for what in unsupported_nft(nft.native):
             findings.append(Finding(
-                UNSUPPORTED_FIREWALL, "", f"nftables chain {chain} also decides bridged packets "
-                "and is not evaluated: flows are reported unknown",
+                UNSUPPORTED_FIREWALL, "", f"nftables: {what}: flows reaching it are reported "
+                "unknown",
             ))  # fmt: skip
     return findings
 

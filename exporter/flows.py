@@ -281,7 +281,6 @@ class NetworkFlows:
 
     def decide(self, source: Member, target: Member, probe: Probe) -> Decision:
         """A flow's verdict: every packet it needs must pass."""
-        bridge_rules = self.inputs.firewall.bridge
         packets = flow_packets(
             self.family,
             source.address,
@@ -289,7 +288,7 @@ class NetworkFlows:
             self.network.bridge,
             probe.protocol,
             probe.port,
-            arp=bridge_rules is None or not bridge_rules.empty,
+            arp=self.inputs.decides_arp(),
         )
         decisions = [evaluate_packet(packet, self.inputs) for packet in packets]
         for decision in decisions:

@@ -29,25 +29,65 @@ from exporter.firewall.matches import (
     conntrack_without_entry,
     host_address,
 )
+from exporter.firewall.nft import (
+    BRIDGED_HOOKS,
+    CONNTRACK_PRIORITY,
+    NftChain,
+    NftRuleset,
+    NftWalk,
+)
 from exporter.firewall.rules import Chain, Rule, Ruleset
-from exporter.firewall.state import FirewallState
+from exporter.firewall.state import FirewallState, NftablesInfo
 from exporter.model import IPAddress
 
-# Stages as (family kind, table, chain), in the order a bridged packet meets them.
-STAGES: tuple[tuple[str, str, str], ...] = (
-    ("bridge", "broute", "BROUTING"),
-    ("bridge", "nat", "PREROUTING"),
-    ("ip", "raw", "PREROUTING"),
-    ("ip", "mangle", "PREROUTING"),
-    ("ip", "nat", "PREROUTING"),
-    ("bridge", "filter", "FORWARD"),
-    ("ip", "mangle", "FORWARD"),
-    ("ip", "filter", "FORWARD"),
-    ("ip", "security", "FORWARD"),
-    ("bridge", "nat", "POSTROUTING"),
-    ("ip", "mangle", "POSTROUTING"),
-    ("ip", "nat", "POSTROUTING"),
+
+@dataclass(frozen=True)
+class Stage:
+    """One base chain a bridged packet meets: an x_tables table's builtin chain, or a native
+    nftables base chain. `layer` "bridge" runs at the bridge hooks, "ip" at the IP hooks that
+    br_netfilter calls from them."""
+
+    hook: str
+    layer: str
+    priority: int
+    table: str = ""
+    chain: str = ""
+    nft: NftChain | None = None
+
+    def order(self) -> tuple[int, int, int]:
+        """Where it runs: the IP hooks run inside the bridge hook, at br_netfilter's priority."""
+        bridge_priority = self.priority if self.layer == "bridge" else BRNF_PRIORITY[self.hook]
+        ip_priority = self.priority if self.layer == "ip" else 0
+        return HOOK_ORDER[self.hook], bridge_priority, ip_priority
+
+
+HOOK_ORDER = {"prerouting": 0, "forward": 1, "postrouting": 2}
+# br_netfilter calls the IP prerouting and forward hooks from the bridge hook at priority 0
+# (NF_BR_PRI_BRNF) and IP postrouting last (NF_BR_PRI_LAST).
+BRNF_PRIORITY = {"prerouting": 0, "forward": 0, "postrouting": 2**31 - 1}
+# The x_tables tables at their registered priorities (nft's priority names say the same numbers:
+# bridge dstnat -300, filter -200, srcnat 300; ip raw -300, mangle -150, dstnat -100, filter 0,
+# security 50, srcnat 100). ebtables' broute runs before any bridge hook; -300 and listed first.
+XTABLES_STAGES: tuple[Stage, ...] = (
+    Stage("prerouting", "bridge", -300, "broute", "BROUTING"),
+    Stage("prerouting", "bridge", -300, "nat", "PREROUTING"),
+    Stage("prerouting", "ip", -300, "raw", "PREROUTING"),
+    Stage("prerouting", "ip", -150, "mangle", "PREROUTING"),
+    Stage("prerouting", "ip", -100, "nat", "PREROUTING"),
+    Stage("forward", "bridge", -200, "filter", "FORWARD"),
+    Stage("forward", "ip", -150, "mangle", "FORWARD"),
+    Stage("forward", "ip", 0, "filter", "FORWARD"),
+    Stage("forward", "ip", 50, "security", "FORWARD"),
+    Stage("postrouting", "bridge", 300, "nat", "POSTROUTING"),
+    Stage("postrouting", "ip", -150, "mangle", "POSTROUTING"),
+    Stage("postrouting", "ip", 100, "nat", "POSTROUTING"),
 )
+# The x_tables stages as (family kind, table, chain), in the order a bridged packet meets them.
+STAGES: tuple[tuple[str, str, str], ...] = tuple(
+    (s.layer, s.table, s.chain) for s in sorted(XTABLES_STAGES, key=Stage.order)
+)
+# Native chain families by the packet family they see.
+NFT_FAMILIES = {"ipv4": ("ip", "inet"), "ipv6": ("ip6", "inet")}
 # Only a connection's first packet passes the nat table.
 NAT_NEW_ONLY = "nat"
 
@@ -67,6 +107,8 @@ POSTROUTING_NAT = {"SNAT", "MASQUERADE", "snat"}
 OPTIONLESS_MODULES = frozenset({"", "tcp", "udp", "sctp", "udplite", "dccp", "icmp", "icmp6"})
 
 MAX_DEPTH = 64
+# x_tables targets that set the packet's mark: after them a native mark match is undecidable.
+MARK_TARGETS = {"MARK", "CONNMARK", "mark"}
 
 
 class Verdict(StrEnum):
@@ -300,6 +342,8 @@ class PathInputs:
     indexes: dict[tuple[int, str], dict[str, _HostIndex]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    # The ordered stages by packet family, built on first use (see stages).
+    stage_lists: dict[str, list[Stage]] = field(default_factory=dict, compare=False, repr=False)
 
     def table_indexes(self, ruleset: Ruleset, table: str) -> dict[str, _HostIndex]:
         return self.indexes.setdefault((id(ruleset), table), {})
@@ -315,11 +359,47 @@ class PathInputs:
             return "Docker's nftables firewall backend is not evaluated: " + ", ".join(
                 nft.docker_tables
             )
-        if nft.foreign_chains:
-            return "nftables chains outside iptables decide bridged packets: " + ", ".join(
-                nft.foreign_chains
+        modelled = {f"{c.label} hook {c.hook}" for c in nft.native.chains.values()}
+        missing = [label for label in nft.foreign_chains if label not in modelled]
+        if missing:
+            return "nftables chains outside iptables decide bridged packets: " + ", ".join(missing)
+        on_ports = nft.native.port_chains()
+        if on_ports:
+            return "nftables chains on the bridge ports are not evaluated: " + ", ".join(
+                f"{c.label} hook {c.hook}" for c in on_ports
             )
         return None
+
+    def decides_arp(self) -> bool:
+        """Whether any chain may stop an ARP frame: ebtables unread or not empty, or a native
+        bridge-family chain that does more than accept. Only then are ARP frames worth walking."""
+        bridge = self.firewall.bridge
+        if bridge is None or not bridge.empty:
+            return True
+        nft = self.firewall.nftables
+        return nft is not None and any(
+            chain.family == "bridge" and not chain.passes_everything
+            for hook in BRIDGED_HOOKS
+            for chain in nft.native.base_chains(hook)
+        )
+
+    def stages(self, family: str) -> list[Stage]:
+        """Every base chain a packet of `family` meets, in order: built once per check."""
+        found = self.stage_lists.get(family)
+        if found is None:
+            found = self.stage_lists[family] = _stages(self.firewall.nftables, family)
+        return found
+
+
+def _stages(nft: NftablesInfo | None, family: str) -> list[Stage]:
+    stages = list(XTABLES_STAGES)
+    for hook in BRIDGED_HOOKS:
+        for chain in nft.native.base_chains(hook) if nft is not None else ():
+            if chain.family == "bridge":
+                stages.append(Stage(hook, "bridge", chain.prio or 0, nft=chain))
+            elif chain.family in NFT_FAMILIES[family]:
+                stages.append(Stage(hook, "ip", chain.prio or 0, nft=chain))
+    return sorted(stages, key=Stage.order)  # stable: x_tables first where priorities tie
 
 
 class _Path:
@@ -332,6 +412,8 @@ class _Path:
         self.reasons: dict[str, str] = {}
         self.allow_reason = "no rule stopped it"
         self.filter_accept = False
+        # The packet's mark where a native `meta mark set` made it known, else None.
+        self.mark: int | None = None
 
     def maybe(self, reason: str) -> None:
         self.possible.add("MAYBE")
@@ -370,28 +452,68 @@ def evaluate_packet(packet: Packet, inputs: PathInputs) -> Decision:
     ctx = MatchContext(inputs.firewall.ipsets)
     call = inputs.call_iptables if packet.family == "ipv4" else inputs.call_ip6tables
     bridge = inputs.firewall.bridge
+    native = inputs.firewall.nftables.native if inputs.firewall.nftables else NftRuleset()
     path = _Path()
-    for kind, table, chain_name in STAGES:
-        # Conntrack lets only a connection's first packet through iptables' nat; ebtables has no
-        # conntrack, its nat chains see every frame.
-        if kind == "ip" and table == NAT_NEW_ONLY and packet.state != "NEW":
+    for stage in inputs.stages(packet.family):
+        if _nat_only(stage) and packet.state != "NEW":
             continue
-        if kind == "bridge":
-            if bridge is None:
-                path.maybe("ebtables rules could not be read")
-                continue
-            rulesets: tuple[Ruleset, ...] = () if bridge.empty else (bridge,)
-        else:
+        if stage.layer == "ip":
             if packet.protocol == "arp" or call == 0:
                 continue
             if call is None:
                 sysctl = "ip6tables" if packet.family == "ipv6" else "iptables"
                 path.maybe(f"net.bridge.bridge-nf-call-{sysctl} unknown")
                 continue
+        if stage.nft is not None:
+            if not _native_stage(path, stage, stage.nft, native, packet, call == 1):
+                return path.conclude(alive=False)
+            continue
+        if stage.layer == "bridge":
+            if bridge is None:
+                path.maybe("ebtables rules could not be read")
+                continue
+            rulesets: tuple[Ruleset, ...] = () if bridge.empty else (bridge,)
+        else:
             rulesets = inputs.firewall.for_family(packet.family)
         for ruleset in rulesets:
-            indexes = inputs.table_indexes(ruleset, table)
-            outcomes, undecided = walk_stage(ruleset, table, chain_name, packet, ctx, indexes)
-            if not path.stage(outcomes, undecided, table):
+            indexes = inputs.table_indexes(ruleset, stage.table)
+            outcomes, undecided = walk_stage(
+                ruleset, stage.table, stage.chain, packet, ctx, indexes
+            )
+            if path.mark is not None and _sets_marks(ruleset, stage.table):
+                path.mark = None  # checked only when known: it reads the whole table
+            if not path.stage(outcomes, undecided, stage.table):
                 return path.conclude(alive=False)
     return path.conclude(alive=True)
+
+
+def _nat_only(stage: Stage) -> bool:
+    """Conntrack lets only a connection's first packet through nat chains: iptables' nat and
+    native chains of type nat. ebtables has no conntrack, its nat chains see every frame."""
+    if stage.nft is not None:
+        return stage.nft.type == "nat"
+    return stage.layer == "ip" and stage.table == NAT_NEW_ONLY
+
+
+def _native_stage(
+    path: _Path, stage: Stage, chain: NftChain, native: NftRuleset, packet: Packet, ip_hooks: bool
+) -> bool:
+    """Walk one native base chain; False when no branch goes on past it."""
+    if stage.layer == "ip":
+        # Conntrack runs at IP prerouting priority -200; later chains see its entry.
+        tracked = stage.hook != "prerouting" or stage.priority > CONNTRACK_PRIORITY
+    else:
+        # At the bridge hooks the entry comes from the IP prerouting that br_netfilter ran.
+        tracked = ip_hooks and (stage.hook != "prerouting" or stage.priority > 0)
+    walk = NftWalk(native, packet, stage.layer, stage.hook, tracked, path.mark)
+    outcomes = [_Outcome(o.kind, o.reason) for o in walk.run(chain)]
+    path.mark = walk.mark
+    return path.stage(outcomes, walk.undecided, f"nft {chain.type}")
+
+
+def _sets_marks(ruleset: Ruleset, table: str) -> bool:
+    """Whether a rule of the table may set the packet's mark (later nft mark matches)."""
+    found = ruleset.tables.get(table)
+    return found is not None and any(
+        rule.target in MARK_TARGETS for chain in found.chains.values() for rule in chain.rules
+    )

@@ -18,6 +18,7 @@ import shlex
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
+from exporter.firewall.nft import build_ruleset
 from exporter.firewall.rules import (
     Backend,
     Chain,
@@ -838,11 +839,18 @@ EBTABLES_NFT_TABLES = frozenset({"filter", "nat", "broute"})
 DOCKER_NFT_TABLES = frozenset({"docker-bridges"})
 BRIDGED_HOOKS = frozenset({"prerouting", "forward", "postrouting"})
 BRIDGED_FAMILIES = frozenset({"ip", "ip6", "inet", "bridge"})
-INGRESS_FAMILIES = frozenset({"netdev", "inet"})
+# Hooks on a device: ingress (netdev, inet) and egress (netdev) see a bridge port's frames.
+DEVICE_HOOK_FAMILIES = {"ingress": frozenset({"netdev", "inet"}), "egress": frozenset({"netdev"})}
 
 
 def _xtables_table(family: str, name: str) -> bool:
-    """Tables iptables-nft / ip6tables-nft / ebtables-nft create; the iptables parsers read them."""
+    """Tables iptables-nft / ip6tables-nft / ebtables-nft create; the iptables parsers read them.
+
+    The kernel keys a table by family and name, so "ip filter" is one table: either the one
+    iptables-nft made (read through iptables-nft-save) or a native one with that name, which
+    iptables-nft-save cannot print and check.py then finds missing from the dump (the family is
+    unreadable). Each rule is therefore read by exactly one parser, never by both.
+    """
     if family in ("ip", "ip6"):
         return name in IPTABLES_NFT_TABLES
     return family == "bridge" and name in EBTABLES_NFT_TABLES
@@ -853,8 +861,8 @@ def _docker_table(family: str, name: str) -> bool:
 
 
 def _sees_bridged_traffic(family: str, hook: str) -> bool:
-    if hook == "ingress":
-        return family in INGRESS_FAMILIES
+    if hook in DEVICE_HOOK_FAMILIES:
+        return family in DEVICE_HOOK_FAMILIES[hook]
     return family in BRIDGED_FAMILIES and hook in BRIDGED_HOOKS
 
 
@@ -870,9 +878,19 @@ NFT_FAMILIES = frozenset({"ip", "ip6", "inet", "arp", "bridge", "netdev"})
 # Fields of table and chain objects this module reads, and the JSON type each must have.
 NFT_FIELD_TYPES: dict[str, dict[str, type]] = {
     "table": {"family": str, "name": str},
-    "chain": {"family": str, "table": str, "name": str, "hook": str, "prio": int},
+    "chain": {"family": str, "table": str, "name": str, "hook": str, "prio": int, "policy": str,
+              "type": str},
+    "rule": {"family": str, "table": str, "chain": str, "expr": list},
+    "set": {"family": str, "table": str, "name": str, "elem": list},
+    "map": {"family": str, "table": str, "name": str, "elem": list},
+}  # fmt: skip
+NFT_REQUIRED = {
+    "table": ("family", "name"),
+    "chain": ("family", "table", "name"),
+    "rule": ("family", "table", "chain", "expr"),
+    "set": ("family", "table", "name"),
+    "map": ("family", "table", "name"),
 }
-NFT_REQUIRED = {"table": ("family", "name"), "chain": ("family", "table", "name")}
 
 
 def _nft_objects(json_text: str) -> list[dict]:
@@ -914,7 +932,7 @@ def _nft_object_problem(item: object) -> str | None:
 
 
 def parse_nft_ruleset(json_text: str) -> NftablesInfo:
-    """Classify `nft -j list ruleset` output: Docker's own tables and foreign base chains.
+    """Classify `nft -j list ruleset` output and model the native tables the evaluator walks.
 
     Tables made by iptables-nft (ip/ip6 filter, nat, mangle, raw, security) and ebtables-nft
     (bridge filter, nat, broute) are read through their save tools, so they are skipped here.
@@ -922,15 +940,18 @@ def parse_nft_ruleset(json_text: str) -> NftablesInfo:
     table, base chains hooked at prerouting/forward/postrouting (ip, ip6, inet, bridge) or
     ingress (netdev, inet) go to foreign_chains as "FAMILY TABLE CHAIN hook HOOK"; hooks such as
     input/output never see bridged container traffic. A table of another family with an
-    iptables-like name (inet filter) is foreign. Every table goes to tables as "FAMILY NAME"
-    (check.py compares them with what iptables-nft-save and ebtables-nft-save printed). Raises
-    ValueError with a one-line message for text that is not JSON, has no "nftables" list, or holds
-    an object nft does not print (see _nft_objects); empty text is not JSON.
+    iptables-like name (inet filter) is foreign. Every table that is neither iptables-nft's,
+    ebtables-nft's nor Docker's goes to native (chains, rules, sets and maps). Every table goes
+    to tables as "FAMILY NAME" (check.py compares them with what iptables-nft-save and
+    ebtables-nft-save printed). Raises ValueError with a one-line message for text that is not
+    JSON, has no "nftables" list, or holds an object nft does not print (see _nft_objects);
+    empty text is not JSON.
     """
     docker: list[str] = []
     foreign: list[str] = []
     tables: list[str] = []
-    for item in _nft_objects(json_text):
+    objects = _nft_objects(json_text)
+    for item in objects:
         if "table" in item:
             table = item["table"]
             family, name = table["family"], table["name"]
@@ -944,8 +965,15 @@ def parse_nft_ruleset(json_text: str) -> NftablesInfo:
             if label is not None:
                 foreign.append(label)
     return NftablesInfo(
-        foreign_chains=tuple(foreign), docker_tables=tuple(docker), tables=tuple(tables)
+        foreign_chains=tuple(foreign),
+        docker_tables=tuple(docker),
+        tables=tuple(tables),
+        native=build_ruleset(objects, _native_table),
     )
+
+
+def _native_table(family: str, name: str) -> bool:
+    return not _xtables_table(family, name) and not _docker_table(family, name)
 
 
 def _foreign_chain(chain: dict) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from exporter.firewall.nft import NftRuleset
 from exporter.firewall.rules import Backend, IPSet, Ruleset
 
 
@@ -12,9 +13,10 @@ class NftablesInfo:
     """What `nft` shows beyond the iptables-nft and ebtables-nft tables.
 
     foreign_chains: base chains of other tables (firewalld, nftables.service, ...) hooked where
-    bridged IP traffic passes (prerouting, forward, postrouting of ip/ip6/inet/bridge, netdev
-    ingress), e.g. "inet firewalld filter_FORWARD hook forward". They decide packets too, and the
-    evaluator does not walk nft syntax, so flows they could touch are unknown.
+    bridged traffic passes (prerouting, forward, postrouting of ip/ip6/inet/bridge, netdev and
+    inet ingress, netdev egress), e.g. "inet firewalld filter_FORWARD hook forward".
+    native: those other tables as a model the evaluator walks (see exporter/firewall/nft.py).
+    A foreign chain missing from it (a value built by hand) cannot be walked: flows are unknown.
     docker_tables: Docker 29's own nftables firewall backend tables ("ip docker-bridges", ...).
     tables: every table nft lists, as "FAMILY NAME" ("ip filter", "bridge nat", ...), those of
     iptables-nft and ebtables-nft included: the kernel's own list, against which a save dump cut
@@ -24,6 +26,7 @@ class NftablesInfo:
     foreign_chains: tuple[str, ...] = ()
     docker_tables: tuple[str, ...] = ()
     tables: tuple[str, ...] = ()
+    native: NftRuleset = field(default_factory=NftRuleset)
 
 
 @dataclass(frozen=True)
