@@ -20,10 +20,11 @@ that turns it on or off is refused (the scheme of the port is not something to f
 scrapers' feet).
 
 `protect` wraps a WSGI app: extra response headers, and basic auth on every path (as
-exporter-toolkit does). bcrypt costs ~100-300 ms by design, so each user's last verified password
-is remembered as a SHA-256 of (user, password, hash), compared with hmac.compare_digest: a scrape
-with known credentials costs one hash, not a bcrypt. The cache holds one entry per configured
-user, so it is bounded by the file; a changed hash no longer matches its entry.
+exporter-toolkit does). bcrypt is slow by design (~50 ms at cost 10 here), so each user's last
+verified password is remembered as a SHA-256 of (user, password, hash), compared with
+hmac.compare_digest: a scrape with known credentials costs one hash, not a bcrypt. The cache
+holds one entry per configured user, so it is bounded by the file; a changed hash no longer
+matches its entry.
 """
 
 from __future__ import annotations

@@ -9,10 +9,12 @@ import os
 import ssl
 from pathlib import Path
 
+import bcrypt
 import pytest
+import yaml
 
 from exporter.cli import main
-from exporter.webconfig import WebConfigError, WebConfigFile, load_web_config
+from exporter.webconfig import WebConfigError, WebConfigFile, load_web_config, parse_web_config
 from tests.unit.test_http_tls import ALICE_HASH, Pki, make_pki
 
 
@@ -200,3 +202,12 @@ def test_a_renewed_certificate_is_picked_up(pki, tmp_path):
     touch_later(tmp_path / "server.key", (pki.dir / "client.key").read_text())
     clock.now = 1.0
     assert web_config.ssl_context() is not first
+
+
+def test_the_deploy_example_is_valid():
+    example = Path(__file__).resolve().parents[2] / "deploy" / "web-config.example.yml"
+    config = parse_web_config(yaml.safe_load(example.read_text()), example.parent)
+    assert config.tls is not None and config.tls.client_auth_type == "RequireAndVerifyClientCert"
+    assert config.tls.cert_file == example.parent / "server.crt"
+    assert config.users is not None
+    assert bcrypt.checkpw(b"change-me", config.users["prometheus"])
