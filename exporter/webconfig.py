@@ -13,7 +13,7 @@ ignoring it would run with less protection than the operator wrote. Relative pat
 the file's folder. `load_web_config` raises WebConfigError with one line fit for the user.
 
 `WebConfigFile` holds the last good configuration and re-reads the file (and the certificate, key
-and CA files it names, so a renewed certificate is picked up too) when their mtime or size
+and CA files it names, so a renewed certificate is picked up too) when their inode, mtime or size
 changed, looking at most once a second, on a request. A file that became invalid keeps the last
 good configuration and logs one error per change. Whether TLS is on is fixed at start: a reload
 that turns it on or off is refused (the scheme of the port is not something to flip under the
@@ -311,7 +311,7 @@ def _reason(exc: BaseException) -> str:
     return " ".join(str(text).split())
 
 
-Signature = tuple[tuple[str, int, int], ...]
+Signature = tuple[tuple[str, int, int, int], ...]
 
 
 class WebConfigFile:
@@ -381,9 +381,9 @@ class WebConfigFile:
         for path in files:
             try:
                 info = path.stat()
-                signature.append((str(path), info.st_mtime_ns, info.st_size))
+                signature.append((str(path), info.st_ino, info.st_mtime_ns, info.st_size))
             except OSError:
-                signature.append((str(path), -1, -1))
+                signature.append((str(path), -1, -1, -1))
         return tuple(signature)
 
 
