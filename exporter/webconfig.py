@@ -154,6 +154,8 @@ def load_web_config(path: str | os.PathLike[str]) -> LoadedWebConfig:
         at = f" at line {where.line + 1}" if where is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise WebConfigError(f"web config file {file}: {problem}{at}") from None
+    except RecursionError:  # PyYAML recurses per nesting level
+        raise WebConfigError(f"web config file {file}: nested too deeply") from None
     try:
         config = parse_web_config(data, file.parent)
         return LoadedWebConfig(config, build_ssl_context(config.tls) if config.tls else None)

@@ -118,6 +118,11 @@ def test_bad_file_is_one_line(pki, case):
 def test_unreadable_file(tmp_path):
     with pytest.raises(WebConfigError, match="cannot read web config file .*missing.yml"):
         load_web_config(tmp_path / "missing.yml")
+    (tmp_path / "binary.yml").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(WebConfigError, match="cannot read web config file .*binary.yml"):
+        load_web_config(tmp_path / "binary.yml")
+    with pytest.raises(WebConfigError, match="nested too deeply"):
+        load_web_config(write(tmp_path, "[" * 100000 + "]" * 100000))
 
 
 class FakeRun:
