@@ -65,6 +65,7 @@ from exporter.render import escape_text, format_json, format_text
 from exporter.report import Report
 from exporter.scheduler import CheckScheduler, DockerEventWatcher, run_with_deadline
 from exporter.sources import build_sources
+from exporter.webconfig import WebConfigError, WebConfigFile
 
 PROG = "docker-netpolicy-exporter"
 log = logging.getLogger(__name__)
@@ -201,6 +202,12 @@ GLOBAL_FLAGS: tuple[Flag, ...] = (
         "web_write_timeout",
         "total time to send one response",
         duration=WEB_TIMEOUT_RANGE,
+    ),
+    Flag(
+        "--web.config.file",
+        "web_config_file",
+        "exporter-toolkit web configuration file (TLS, basic auth); without it plain HTTP",
+        "FILE",
     ),
     Flag("--log.level", "log_level", "log level", choices=LOG_LEVELS),
     Flag("--log.format", "log_format", "log format", choices=LOG_FORMATS),
@@ -494,14 +501,16 @@ def _serve(
         registry, latest=latest, health=scheduler.health, telemetry_path=cfg.telemetry_path
     )
     try:
+        web_config = WebConfigFile(cfg.web_config_file) if cfg.web_config_file else None
         server = make_server(
             cfg.listen_address,
             app,
             max_connections=cfg.web_max_connections,
             read_header_timeout=cfg.web_read_header_timeout,
             write_timeout=cfg.web_write_timeout,
+            web_config=web_config,
         )
-    except BindError as exc:
+    except (BindError, WebConfigError) as exc:
         log.error(str(exc))
         return EXIT_ERROR
 

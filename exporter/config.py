@@ -81,6 +81,8 @@ class ExporterConfig:
     web_read_header_timeout: float = 10.0
     # Total time to send one response (~100 kB) to a client that does not read.
     web_write_timeout: float = 10.0
+    # exporter-toolkit's web configuration (TLS, basic auth); None: plain HTTP, no auth.
+    web_config_file: str | None = None
     log_level: str = "info"
     log_format: str = "logfmt"
 

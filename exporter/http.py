@@ -26,12 +26,15 @@ the WSGI gateway) with our own accept loop and one thread per connection, bounde
   connection (HTTP/1.0 replies), so no connection idles between requests.
 - the cap is lowered to leave `FD_RESERVE` descriptors of RLIMIT_NOFILE to the checks.
 
-waitress (connection_limit, channel_timeout) cannot serve TLS, which a later --web.config.file
-needs; cheroot can, but would be a new dependency for what a hundred lines of ours do here. TLS
-later: before serve_forever(), `server.socket = ssl_context.wrap_socket(server.socket,
-server_side=True, do_handshake_on_connect=False)`. OpenSSL then runs the handshake on the
-connection's first read, in its own thread and under the header deadline, so a slow or silent TLS
-client never blocks the accept loop (tried by hand: a silent TLS client is cut at the deadline).
+waitress (connection_limit, channel_timeout) cannot serve TLS; cheroot can, but would be a new
+dependency for what a hundred lines of ours do here.
+
+TLS and basic auth (`web_config`, from --web.config.file; see exporter.webconfig): each accepted
+connection is wrapped with the configuration's current SSL context (so a renewed certificate
+serves the next connection) with `do_handshake_on_connect=False`, and the handshake runs in the
+connection's own thread under the header deadline: a slow or silent TLS client never blocks the
+accept loop or other clients. Plain HTTP to a TLS port fails the handshake and is closed. Basic
+auth and the extra headers wrap the whole app, every path included.
 
 Scrapes are cheap: every series is built from one immutable `Latest.snapshot()`, so the exposition
 is rendered once per view, content type (prometheus_client's negotiation: text or OpenMetrics) and
@@ -49,6 +52,7 @@ import resource
 import selectors
 import socket
 import socketserver
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -64,6 +68,7 @@ from exporter import __version__
 from exporter.config import ExporterConfig, ListenAddress
 from exporter.latest import Latest, LatestView
 from exporter.render import format_utc
+from exporter.webconfig import WebConfigFile, protect
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +311,11 @@ class _ConnectionHandler(WSGIRequestHandler):
     def setup(self) -> None:
         deadline = time.monotonic() + self.server.read_header_timeout
         self.connection = self.request
+        if isinstance(self.connection, ssl.SSLSocket):
+            # Here, in this connection's thread and under the header deadline; a failed or late
+            # handshake (plain HTTP, unknown client certificate) raises OSError and ends it.
+            self.connection.settimeout(max(deadline - time.monotonic(), 0.001))
+            self.connection.do_handshake()
         self.rfile = io.BufferedReader(_DeadlineReader(self.connection, deadline))
         # Buffered: status line, headers and a small body leave in one send, not three.
         self.wfile = io.BufferedWriter(
@@ -347,6 +357,7 @@ class ScrapeServer(WSGIServer):
         read_header_timeout: float = READ_HEADER_TIMEOUT,
         write_timeout: float = WRITE_TIMEOUT,
         listen_backlog: int = LISTEN_BACKLOG,
+        tls_context: Callable[[], ssl.SSLContext] | None = None,
     ) -> None:
         # TCPServer.__init__ reads these to create, bind and listen.
         self.address_family = family
@@ -355,6 +366,8 @@ class ScrapeServer(WSGIServer):
         self.max_connections = max_connections
         self.read_header_timeout = read_header_timeout
         self.write_timeout = write_timeout
+        # Asked per connection: the context of the configuration current at accept time.
+        self.tls_context = tls_context
         self._slots = threading.BoundedSemaphore(max_connections)
         self._stop_requested = threading.Event()
         self._stopped = threading.Event()
@@ -423,6 +436,10 @@ class ScrapeServer(WSGIServer):
 
     def _serve_connection(self, conn: socket.socket, client: Any) -> None:
         try:
+            if self.tls_context is not None:
+                conn = self.tls_context().wrap_socket(
+                    conn, server_side=True, do_handshake_on_connect=False
+                )
             self.finish_request(conn, client)
         except OSError as exc:  # timeouts, resets: the client's problem, not an error of ours
             log.debug("http: connection ended: %s", exc, extra={"client": str(client)})
@@ -441,8 +458,12 @@ def make_server(
     read_header_timeout: float = READ_HEADER_TIMEOUT,
     write_timeout: float = WRITE_TIMEOUT,
     listen_backlog: int = LISTEN_BACKLOG,
+    web_config: WebConfigFile | None = None,
 ) -> ScrapeServer:
-    """Bind and return the server (not yet serving); BindError when the address is unusable."""
+    """Bind and return the server (not yet serving); BindError when the address is unusable.
+
+    `web_config` adds its TLS (when configured), basic auth and headers to `app`.
+    """
     attempts: list[tuple[socket.AddressFamily, tuple[Any, ...], bool]] = []
     if address.host == "":
         if socket.has_ipv6:
@@ -472,10 +493,15 @@ def make_server(
                 read_header_timeout=read_header_timeout,
                 write_timeout=write_timeout,
                 listen_backlog=listen_backlog,
+                tls_context=web_config.ssl_context
+                if web_config is not None and web_config.tls_enabled
+                else None,
             )
         except OSError as exc:
             error = exc
             continue
+        if web_config is not None:
+            app = protect(app, web_config.current_config)
         server.set_app(app)
         return server
     reason = _strerror(error) if error else "no usable address"
