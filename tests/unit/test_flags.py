@@ -131,6 +131,7 @@ SAMPLES = {
     "--web.listen-address": ("127.0.0.1:9100", ListenAddress("127.0.0.1", 9100)),
     "--web.telemetry-path": ("/m", "/m"),
     "--web.max-connections": ("64", 64),
+    "--web.config.file": ("web.yml", "web.yml"),
     "--web.read-header-timeout": ("2s", 2.0),
     "--web.write-timeout": ("3s", 3.0),
     "--log.level": ("debug", "debug"),
