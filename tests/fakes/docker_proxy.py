@@ -1,0 +1,211 @@
+"""A read-only filtering proxy in front of a real Docker socket, recording every call.
+
+Why: the README promises the exporter only ever reads from Docker. A proxy that lets through
+exactly the GETs the exporter is supposed to make, answers 403 to anything else and records it
+all turns that promise into something a test can check against a real dockerd. It plays the role
+of tecnativa/docker-socket-proxy (deploy/README.md), with a list narrower than that one's.
+
+One request per connection: the proxy forces `Connection: close` on the upstream request, so a
+second request can never ride unchecked on a connection that was let through for the first.
+Bytes a client sends after the request head are discarded, never forwarded. Responses, including
+the endless /events stream, are relayed as they come until either side closes.
+
+    with DockerProxy(upstream=lab.sock, listen=lab.dir / "proxy.sock") as proxy:
+        run(["docker-netpolicy-exporter", "check", "--docker.host", proxy.url])
+    assert not proxy.refused()
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import socketserver
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+# Path (after any /vX.Y prefix) -> allowed with GET. Nothing else is allowed with any method.
+ALLOWED_GET_PATHS = (
+    re.compile(r"/_ping"),
+    re.compile(r"/version"),
+    re.compile(r"/info"),
+    re.compile(r"/networks"),
+    re.compile(r"/containers/json"),
+    re.compile(r"/containers/[^/]+/json"),
+    re.compile(r"/events"),
+)
+_VERSION_PREFIX = re.compile(r"/v\d+\.\d+(?=/)")
+_MAX_HEAD = 64 * 1024
+_HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"upgrade", b"te"}
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request the proxy saw: method, request target as sent, and whether it passed."""
+
+    method: str
+    target: str
+    allowed: bool
+
+    @property
+    def path(self) -> str:
+        """The target's path without query and without the /vX.Y API version prefix."""
+        return _VERSION_PREFIX.sub("", urlsplit(self.target).path, count=1)
+
+
+def is_allowed(method: str, target: str) -> bool:
+    """True for a GET of one of ALLOWED_GET_PATHS (with or without /vX.Y), else False."""
+    path = Call(method, target, allowed=False).path
+    return method == "GET" and any(p.fullmatch(path) for p in ALLOWED_GET_PATHS)
+
+
+class DockerProxy:
+    """Listen on LISTEN (a new unix socket), forward allowed requests to UPSTREAM."""
+
+    def __init__(self, upstream: Path | str, listen: Path | str) -> None:
+        self.upstream = str(upstream)
+        self.listen = str(listen)
+        self.url = f"unix://{self.listen}"
+        self._calls: list[Call] = []
+        self._lock = threading.Lock()
+        self._server = _Server(self.listen, _Handler)
+        self._server.proxy = self
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> DockerProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._server.close_open_connections()
+        Path(self.listen).unlink(missing_ok=True)
+
+    def calls(self) -> list[Call]:
+        with self._lock:
+            return list(self._calls)
+
+    def refused(self) -> list[Call]:
+        return [c for c in self.calls() if not c.allowed]
+
+    def record(self, call: Call) -> None:
+        with self._lock:
+            self._calls.append(call)
+
+
+class _Server(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+    proxy: DockerProxy
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+
+    def track(self, sock: socket.socket, is_open: bool) -> None:
+        with self._open_lock:
+            (self._open.add if is_open else self._open.discard)(sock)
+
+    def close_open_connections(self) -> None:
+        """End relays still running (an /events stream) so their threads finish."""
+        with self._open_lock:
+            socks, self._open = list(self._open), set()
+        for sock in socks:
+            _shutdown(sock)
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        client: socket.socket = self.request
+        self.server.track(client, True)
+        try:
+            self._serve(client)
+        finally:
+            self.server.track(client, False)
+
+    def _serve(self, client: socket.socket) -> None:
+        head, _rest = _read_head(client)
+        if head is None:
+            return
+        request_line, *headers = head.split(b"\r\n")
+        method, target, _version = (request_line.decode("latin-1").split(" ") + ["", ""])[:3]
+        allowed = is_allowed(method, target)
+        self.server.proxy.record(Call(method, target, allowed))
+        if not allowed:
+            body = f"docker_proxy: {method} {target} is not allowed\n".encode()
+            client.sendall(
+                b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            return
+        kept = [h for h in headers if h.split(b":", 1)[0].strip().lower() not in _HOP_BY_HOP]
+        upstream_head = b"\r\n".join([request_line, *kept, b"Connection: close"]) + b"\r\n\r\n"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as upstream:
+            upstream.connect(self.upstream_path)
+            self.server.track(upstream, True)
+            try:
+                upstream.sendall(upstream_head)
+                _relay(upstream, client)
+            finally:
+                self.server.track(upstream, False)
+
+    @property
+    def upstream_path(self) -> str:
+        return self.server.proxy.upstream
+
+
+def _read_head(sock: socket.socket) -> tuple[bytes | None, bytes]:
+    """The request head (without the blank line) and any bytes after it; None on EOF/too big."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        if len(data) > _MAX_HEAD:
+            return None, b""
+        try:
+            chunk = sock.recv(65536)
+        except OSError:
+            return None, b""
+        if not chunk:
+            return None, b""
+        data += chunk
+    head, rest = data.split(b"\r\n\r\n", 1)
+    return head, rest
+
+
+def _relay(upstream: socket.socket, client: socket.socket) -> None:
+    """Copy the response to the client until upstream closes; stop early if the client leaves."""
+    watcher = threading.Thread(target=_wait_for_close, args=(client, upstream), daemon=True)
+    watcher.start()
+    while True:
+        try:
+            chunk = upstream.recv(65536)
+            if not chunk:
+                break
+            client.sendall(chunk)
+        except OSError:
+            break
+    _shutdown(client)
+
+
+def _wait_for_close(client: socket.socket, upstream: socket.socket) -> None:
+    """Discard what the client sends; when it hangs up, end the upstream side (an /events)."""
+    while True:
+        try:
+            if not client.recv(65536):
+                break
+        except OSError:
+            break
+    _shutdown(upstream)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed by the other side
