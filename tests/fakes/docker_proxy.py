@@ -25,16 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-# Path (after any /vX.Y prefix) -> allowed with GET. Nothing else is allowed with any method.
-ALLOWED_GET_PATHS = (
-    re.compile(r"/_ping"),
-    re.compile(r"/version"),
-    re.compile(r"/info"),
-    re.compile(r"/networks"),
-    re.compile(r"/containers/json"),
-    re.compile(r"/containers/[^/]+/json"),
-    re.compile(r"/events"),
-)
+# Route name -> the paths it matches (after any /vX.Y prefix). Only GETs of these pass.
+ALLOWED_GET_ROUTES = {
+    "/_ping": re.compile(r"/_ping"),
+    "/version": re.compile(r"/version"),
+    "/info": re.compile(r"/info"),
+    "/networks": re.compile(r"/networks"),
+    "/containers/json": re.compile(r"/containers/json"),
+    "/containers/{id}/json": re.compile(r"/containers/[^/]+/json"),
+    "/events": re.compile(r"/events"),
+}
 _VERSION_PREFIX = re.compile(r"/v\d+\.\d+(?=/)")
 _MAX_HEAD = 64 * 1024
 _HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"upgrade", b"te"}
@@ -42,22 +42,21 @@ _HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"upgrade", b"
 
 @dataclass(frozen=True)
 class Call:
-    """One request the proxy saw: method, request target as sent, and whether it passed."""
+    """One request the proxy saw: method, target as sent, the allowed route it matched (if any)."""
 
     method: str
     target: str
-    allowed: bool
+    route: str | None
 
     @property
-    def path(self) -> str:
-        """The target's path without query and without the /vX.Y API version prefix."""
-        return _VERSION_PREFIX.sub("", urlsplit(self.target).path, count=1)
+    def allowed(self) -> bool:
+        return self.method == "GET" and self.route is not None
 
 
-def is_allowed(method: str, target: str) -> bool:
-    """True for a GET of one of ALLOWED_GET_PATHS (with or without /vX.Y), else False."""
-    path = Call(method, target, allowed=False).path
-    return method == "GET" and any(p.fullmatch(path) for p in ALLOWED_GET_PATHS)
+def route_of(target: str) -> str | None:
+    """The ALLOWED_GET_ROUTES name whose pattern matches TARGET's path, else None."""
+    path = _VERSION_PREFIX.sub("", urlsplit(target).path, count=1)
+    return next((name for name, p in ALLOWED_GET_ROUTES.items() if p.fullmatch(path)), None)
 
 
 class DockerProxy:
@@ -136,9 +135,9 @@ class _Handler(socketserver.BaseRequestHandler):
             return
         request_line, *headers = head.split(b"\r\n")
         method, target, _version = (request_line.decode("latin-1").split(" ") + ["", ""])[:3]
-        allowed = is_allowed(method, target)
-        self.server.proxy.record(Call(method, target, allowed))
-        if not allowed:
+        call = Call(method, target, route_of(target))
+        self.server.proxy.record(call)
+        if not call.allowed:
             body = f"docker_proxy: {method} {target} is not allowed\n".encode()
             client.sendall(
                 b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nConnection: close\r\n"

@@ -1,29 +1,47 @@
-"""GET-only Docker access, proven: the exporter works through a proxy that allows nothing else.
+"""GET-only Docker access and least privilege, proven against a real dockerd.
 
-Why: the README promises the exporter only reads from Docker, and deploy/README.md tells operators
-to put it behind a read-only socket proxy. Here a filtering proxy (tests/fakes/docker_proxy.py)
-sits between the exporter and a real lab dockerd: it lets through GETs of /_ping, /version,
-/info, /networks, /containers/json, /containers/ID/json and /events, answers 403 to anything
-else and records every call. `check` and `serve` must work through it (a clean host is clean, a
-breach is found), nothing may be refused and every call must be an allowed GET.
+Why: the README promises the exporter only reads from Docker and needs only NET_ADMIN and
+NET_RAW; deploy/README.md tells operators to run it behind a read-only socket proxy and under the
+hardened systemd unit. Here:
+- a filtering proxy (tests/fakes/docker_proxy.py) sits between the exporter and a lab dockerd,
+  lets through GETs of /_ping, /version, /info, /networks, /containers/json,
+  /containers/ID/json and /events, answers 403 to anything else and records every call.
+  `check` and `serve` must work through it (a clean host is clean, a breach is found), nothing
+  may be refused and every call must be an allowed GET;
+- `check` runs with the unit's restrictions (capability bounding set NET_ADMIN + NET_RAW,
+  no-new-privileges, no writable+executable memory) and must still see clean and breach right,
+  on both iptables backends.
 """
 
 from __future__ import annotations
 
+import ctypes
+import http.client
 import secrets
 import signal
+import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests.fakes.docker_proxy import Call, DockerProxy
-from tests.lab import DockerLab, lab_fixture
+from tests.lab import REPO_ROOT, DockerLab, exporter_env, lab_fixture
 
 pytestmark = pytest.mark.lab
 
 BREACH = ("DOCKER-USER", "-j", "ACCEPT")
+# What deploy/systemd/docker-netpolicy-exporter.service grants, as setpriv(1) flags.
+UNIT_RESTRICTIONS = (
+    "setpriv",
+    "--bounding-set=-all,+net_admin,+net_raw",
+    "--inh-caps=-all",
+    "--ambient-caps=-all",
+    "--no-new-privs",
+)
+# Linux >= 6.3: the kernel's write-xor-execute switch, the rule MemoryDenyWriteExecute= sets.
+PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
 
 
 def build_topology(lab: DockerLab) -> None:
@@ -43,38 +61,47 @@ def proxy(lab: DockerLab) -> Iterator[DockerProxy]:
         yield running
 
 
+@pytest.fixture
+def breach(lab: DockerLab) -> Iterator[None]:
+    """An ACCEPT-everything rule in DOCKER-USER: every denied flow becomes allowed."""
+    lab.iptables("-I", *BREACH)
+    try:
+        yield
+    finally:
+        lab.iptables("-D", *BREACH)
+
+
 def assert_get_only(calls: list[Call], *, must_include: set[str]) -> None:
     """Nothing refused, every call an allowed GET, and the calls the exporter needs were made."""
     assert calls, "the exporter made no Docker call through the proxy"
-    refused = [c for c in calls if not c.allowed]
-    assert refused == [], f"the proxy refused {refused}"
-    assert {c.method for c in calls} == {"GET"}
-    paths = {"/containers/ID/json" if c.path.endswith("/json") and "/containers/" in c.path
-             and c.path != "/containers/json" else c.path for c in calls}
-    assert must_include <= paths, f"expected calls {must_include - paths} were not made: {calls}"
+    assert [c for c in calls if not c.allowed] == [], f"refused or not a GET: {calls}"
+    routes = {c.route for c in calls}
+    assert must_include <= routes, f"expected {must_include - routes}, got {calls}"
 
 
-def run_check(lab: DockerLab, proxy: DockerProxy) -> subprocess.CompletedProcess[str]:
+def check_through(lab: DockerLab, proxy: DockerProxy) -> subprocess.CompletedProcess[str]:
     return lab.exporter("check", "--docker.host", proxy.url)
 
 
-def test_check_through_proxy_is_clean_then_finds_a_breach(
-    lab: DockerLab, proxy: DockerProxy
-) -> None:
-    clean = run_check(lab, proxy)
-    assert clean.returncode == 0, f"expected no drift:\n{clean.stdout}\n{clean.stderr}"
-    lab.iptables("-I", *BREACH)
-    try:
-        breached = run_check(lab, proxy)
-    finally:
-        lab.iptables("-D", *BREACH)
-    assert breached.returncode == 1, f"expected drift:\n{breached.stdout}\n{breached.stderr}"
+def test_check_through_proxy_is_clean(lab: DockerLab, proxy: DockerProxy) -> None:
+    result = check_through(lab, proxy)
+    assert result.returncode == 0, f"expected no drift:\n{result.stdout}\n{result.stderr}"
     assert_get_only(
-        proxy.calls(), must_include={"/networks", "/containers/json", "/containers/ID/json"}
+        proxy.calls(), must_include={"/networks", "/containers/json", "/containers/{id}/json"}
     )
 
 
-def test_serve_through_proxy_reads_events_and_stays_get_only(
+def test_check_through_proxy_finds_a_breach(
+    lab: DockerLab, proxy: DockerProxy, breach: None
+) -> None:
+    result = check_through(lab, proxy)
+    assert result.returncode == 1, f"expected drift:\n{result.stdout}\n{result.stderr}"
+    assert_get_only(
+        proxy.calls(), must_include={"/networks", "/containers/json", "/containers/{id}/json"}
+    )
+
+
+def test_serve_through_proxy_follows_events_and_stays_get_only(
     lab: DockerLab, proxy: DockerProxy
 ) -> None:
     port = lab.free_port()
@@ -90,13 +117,13 @@ def test_serve_through_proxy_reads_events_and_stays_get_only(
         log_name="serve-proxy.log",
     )
     try:
-        metrics = wait_for_metric(lab, url, "docker_netpolicy_up 1.0")
-        assert "docker_netpolicy_drift" in metrics or "docker_netpolicy_" in metrics
-        # A container started now is seen through the /events stream (and listed again).
+        metrics = wait_for_metrics(lab, url, lambda m: "docker_netpolicy_up 1.0" in m)
+        assert "docker_netpolicy_drift_detected 0.0" in metrics.splitlines(), metrics
+        wait_for(lambda: any(c.route == "/events" for c in proxy.calls()), "GET /events")
+        # A container started now must reach the exporter through the /events stream.
+        listed = count_listings(proxy)
         lab.run("late")
-        wait_for(lambda: any(c.path == "/events" for c in proxy.calls()), "GET /events")
-        before = len(proxy.calls())
-        wait_for(lambda: len(proxy.calls()) > before, "a check triggered by the event")
+        wait_for(lambda: count_listings(proxy) > listed, "a check triggered by the event")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0, (lab.dir / "serve-proxy.log").read_text()[-2000:]
     finally:
@@ -106,24 +133,109 @@ def test_serve_through_proxy_reads_events_and_stays_get_only(
     assert_get_only(proxy.calls(), must_include={"/events", "/networks", "/containers/json"})
 
 
-def wait_for_metric(lab: DockerLab, url: str, line: str, timeout: float = 60) -> str:
+def test_proxy_refuses_writes_and_other_reads(lab: DockerLab, proxy: DockerProxy) -> None:
+    """The proof above means something only if the proxy really stops what is not allowed."""
+    name = f"intruder{secrets.token_hex(3)}"
+    assert request(proxy, "POST", f"/v1.41/containers/create?name={name}", b"{}") == 403
+    assert request(proxy, "GET", "/v1.41/containers/web/logs") == 403
+    assert request(proxy, "DELETE", "/containers/web") == 403
+    assert request(proxy, "GET", "/v1.41/containers/json") == 200
+    assert name not in lab.docker("ps", "-a", "--format", "{{.Names}}").stdout
+    assert lab.inspect("web")["State"]["Running"] is True
+    assert [(c.method, c.allowed) for c in proxy.calls()] == [
+        ("POST", False),
+        ("GET", False),
+        ("DELETE", False),
+        ("GET", True),
+    ]
+
+
+def test_check_with_only_the_units_privileges_is_clean_then_finds_a_breach(
+    lab: DockerLab,
+) -> None:
+    """Against the lab socket itself: dockerd is found by its -H (our ptrace rights are gone)."""
+    clean = check_restricted(lab)
+    assert clean.returncode == 0, f"expected no drift:\n{clean.stdout}\n{clean.stderr}"
+    lab.iptables("-I", *BREACH)
+    try:
+        breached = check_restricted(lab)
+    finally:
+        lab.iptables("-D", *BREACH)
+    assert breached.returncode == 1, f"expected drift:\n{breached.stdout}\n{breached.stderr}"
+
+
+def check_restricted(lab: DockerLab) -> subprocess.CompletedProcess[str]:
+    """`check` in the lab namespace with the systemd unit's capabilities and memory rule.
+
+    setpriv comes after nsenter: entering the namespace needs CAP_SYS_ADMIN, the exporter not.
+    """
+    nsenter, netns, *exporter = lab.exporter_cmd("check")
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def deny_write_execute() -> None:
+        if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_MDWE) failed: Linux >= 6.3 needed")
+
+    return subprocess.run(
+        [nsenter, netns, *UNIT_RESTRICTIONS, *exporter],
+        preexec_fn=deny_write_execute,  # noqa: PLW1509 - a prctl before exec, inherited
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+        env=exporter_env(),
+        check=False,
+    )
+
+
+def count_listings(proxy: DockerProxy) -> int:
+    return sum(c.route == "/containers/json" for c in proxy.calls())
+
+
+def request(proxy: DockerProxy, method: str, path: str, body: bytes | None = None) -> int:
+    """Send one HTTP request to the proxy's unix socket; return the status code."""
+    conn = _UnixHTTPConnection(proxy.listen)
+    try:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=10)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.unix_path)
+
+
+def wait_for_metrics(
+    lab: DockerLab, url: str, ready: Callable[[str], bool], timeout: float = 60
+) -> str:
     deadline = time.monotonic() + timeout
-    last = ""
+    text = ""
     while time.monotonic() < deadline:
         try:
-            last = lab.http_get(url)
+            text = lab.http_get(url)
         except Exception:  # noqa: BLE001 - not listening yet
-            last = ""
-        if any(m.startswith(line) for m in last.splitlines()):
-            return last
+            text = ""
+        if ready(text):
+            return text
         time.sleep(0.5)
-    raise AssertionError(f"no {line!r} at {url} within {timeout}s; last:\n{last[-2000:]}")
+    raise AssertionError(f"{url} not ready within {timeout}s; last:\n{text[-2000:]}")
 
 
-def wait_for(predicate: object, what: str, timeout: float = 30) -> None:
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
+        if condition():
             return
         time.sleep(0.2)
     raise AssertionError(f"{what} did not happen within {timeout}s")
