@@ -10,14 +10,20 @@ hardened systemd unit. Here:
   may be refused and every call must be an allowed GET;
 - `check` runs with the unit's restrictions (capability bounding set NET_ADMIN + NET_RAW,
   no-new-privileges, no writable+executable memory) and must still see clean and breach right,
-  on both iptables backends.
+  on both iptables backends;
+- `serve` (and the tools it runs) makes no system call outside the unit's SystemCallFilter=, as
+  strace sees it. There is no systemd here to apply the filter itself; a call outside it would
+  fail with EPERM only on a real host.
 """
 
 from __future__ import annotations
 
 import ctypes
 import http.client
+import os
+import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +34,7 @@ import pytest
 
 from tests.fakes.docker_proxy import Call, DockerProxy
 from tests.lab import REPO_ROOT, DockerLab, exporter_env, lab_fixture
+from tests.unit.test_systemd import UNIT, unit_settings
 
 pytestmark = pytest.mark.lab
 
@@ -186,6 +193,72 @@ def check_restricted(lab: DockerLab) -> subprocess.CompletedProcess[str]:
         env=exporter_env(),
         check=False,
     )
+
+
+def test_serve_makes_no_system_call_outside_the_units_filter(lab: DockerLab) -> None:
+    strace = shutil.which("strace")
+    assert strace, "strace not found: install Debian's strace package"
+    allowed = unit_syscall_filter()
+    trace = lab.dir / f"strace-{secrets.token_hex(3)}.txt"
+    port = lab.free_port()
+    nsenter, netns, *exporter = lab.exporter_cmd(
+        "serve", "--web.listen-address", f"127.0.0.1:{port}"
+    )
+    traced = subprocess.Popen(
+        [nsenter, netns, strace, "-f", "-qq", "-o", str(trace), *exporter],
+        cwd=REPO_ROOT,
+        env=exporter_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        wait_for_metrics(lab, url, lambda m: "docker_netpolicy_up 1.0" in m.splitlines())
+        # SIGTERM to the exporter itself: strace would answer it by killing its tracee.
+        exporter_pid = int(subprocess.check_output(["pgrep", "-P", str(traced.pid)]).split()[0])
+        os.kill(exporter_pid, signal.SIGTERM)
+        assert traced.wait(timeout=20) == 0
+    finally:
+        if traced.poll() is None:
+            traced.kill()
+            traced.wait(timeout=10)
+    used = traced_syscalls(trace.read_text())
+    assert {"execve", "connect", "bind"} <= used, "the trace lost the calls it must show"
+    assert used - allowed == set()
+
+
+def unit_syscall_filter() -> set[str]:
+    """The system calls the unit's SystemCallFilter= lines allow (allow lists minus ~ lists)."""
+    allowed: set[str] = set()
+    denied: set[str] = set()
+    for value in unit_settings(UNIT.read_text())["SystemCallFilter"]:
+        target = denied if value.startswith("~") else allowed
+        for name in value.lstrip("~").split():
+            target |= syscall_set(name)
+    return allowed - denied
+
+
+def syscall_set(name: str) -> set[str]:
+    """NAME itself, or every system call in the @group NAME (groups nest)."""
+    if not name.startswith("@"):
+        return {name}
+    listing = subprocess.run(
+        ["systemd-analyze", "syscall-filter", name],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.splitlines()[1:]  # the first line is the group's own name
+    names: set[str] = set()
+    for line in (line.strip() for line in listing):
+        if line and not line.startswith("#"):
+            names |= syscall_set(line)
+    return names
+
+
+def traced_syscalls(trace: str) -> set[str]:
+    """System call names in `strace -f` output ("PID name(" or "PID <... name resumed>")."""
+    return set(re.findall(r"(?m)^\d+\s+(?:<\.\.\. )?([a-z0-9_]+)[( ]", trace))
 
 
 def count_listings(proxy: DockerProxy) -> int:
