@@ -37,6 +37,7 @@ ALLOWED_GET_ROUTES = {
 }
 _VERSION_PREFIX = re.compile(r"/v\d+\.\d+(?=/)")
 _MAX_HEAD = 64 * 1024
+_REFUSAL_DRAIN_SECONDS = 5
 _HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"upgrade", b"te"}
 
 
@@ -130,7 +131,7 @@ class _Handler(socketserver.BaseRequestHandler):
             self.server.track(client, False)
 
     def _serve(self, client: socket.socket) -> None:
-        head, _rest = _read_head(client)
+        head = _read_head(client)
         if head is None:
             return
         request_line, *headers = head.split(b"\r\n")
@@ -143,11 +144,16 @@ class _Handler(socketserver.BaseRequestHandler):
                 b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nConnection: close\r\n"
                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
             )
+            # Closing with the client's unread body queued would make its read fail with
+            # ECONNRESET instead of showing the 403: wait until it has read and hung up.
+            client.shutdown(socket.SHUT_WR)
+            client.settimeout(_REFUSAL_DRAIN_SECONDS)
+            _discard_until_close(client)
             return
         kept = [h for h in headers if h.split(b":", 1)[0].strip().lower() not in _HOP_BY_HOP]
         upstream_head = b"\r\n".join([request_line, *kept, b"Connection: close"]) + b"\r\n\r\n"
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as upstream:
-            upstream.connect(self.upstream_path)
+            upstream.connect(self.server.proxy.upstream)
             self.server.track(upstream, True)
             try:
                 upstream.sendall(upstream_head)
@@ -155,26 +161,21 @@ class _Handler(socketserver.BaseRequestHandler):
             finally:
                 self.server.track(upstream, False)
 
-    @property
-    def upstream_path(self) -> str:
-        return self.server.proxy.upstream
 
-
-def _read_head(sock: socket.socket) -> tuple[bytes | None, bytes]:
-    """The request head (without the blank line) and any bytes after it; None on EOF/too big."""
+def _read_head(sock: socket.socket) -> bytes | None:
+    """The request head without the blank line (what follows is dropped); None on EOF/too big."""
     data = b""
     while b"\r\n\r\n" not in data:
         if len(data) > _MAX_HEAD:
-            return None, b""
+            return None
         try:
             chunk = sock.recv(65536)
         except OSError:
-            return None, b""
+            return None
         if not chunk:
-            return None, b""
+            return None
         data += chunk
-    head, rest = data.split(b"\r\n\r\n", 1)
-    return head, rest
+    return data.split(b"\r\n\r\n", 1)[0]
 
 
 def _relay(upstream: socket.socket, client: socket.socket) -> None:
@@ -194,13 +195,17 @@ def _relay(upstream: socket.socket, client: socket.socket) -> None:
 
 def _wait_for_close(client: socket.socket, upstream: socket.socket) -> None:
     """Discard what the client sends; when it hangs up, end the upstream side (an /events)."""
+    _discard_until_close(client)
+    _shutdown(upstream)
+
+
+def _discard_until_close(sock: socket.socket) -> None:
     while True:
         try:
-            if not client.recv(65536):
-                break
-        except OSError:
-            break
-    _shutdown(upstream)
+            if not sock.recv(65536):
+                return
+        except OSError:  # reset, closed by us, or timed out
+            return
 
 
 def _shutdown(sock: socket.socket) -> None:
