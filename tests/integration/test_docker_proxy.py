@@ -39,12 +39,14 @@ from tests.unit.test_systemd import UNIT, unit_settings
 pytestmark = pytest.mark.lab
 
 BREACH = ("DOCKER-USER", "-j", "ACCEPT")
-# What deploy/systemd/docker-netpolicy-exporter.service grants, as setpriv(1) flags.
+# What deploy/systemd/docker-netpolicy-exporter.service grants, as setpriv(1) flags: with the
+# noroot securebits, uid 0 gets no capabilities at exec, only the ambient ones.
 UNIT_RESTRICTIONS = (
     "setpriv",
     "--bounding-set=-all,+net_admin,+net_raw",
-    "--inh-caps=-all",
-    "--ambient-caps=-all",
+    "--inh-caps=-all,+net_admin,+net_raw",
+    "--ambient-caps=-all,+net_admin,+net_raw",
+    "--securebits=+noroot,+noroot_locked",
     "--no-new-privs",
 )
 # Linux >= 6.3: the kernel's write-xor-execute switch, the rule MemoryDenyWriteExecute= sets.
