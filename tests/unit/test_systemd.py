@@ -120,6 +120,8 @@ def test_unit_grants_only_the_capabilities_the_firewall_tools_need() -> None:
     assert set(settings["CapabilityBoundingSet"][0].split()) == NEEDED_CAPABILITIES
     assert set(settings["AmbientCapabilities"][0].split()) == NEEDED_CAPABILITIES
     assert settings["NoNewPrivileges"] == ["yes"]
+    # uid 0 gains no capabilities at exec: the ambient two are all it and its tools have.
+    assert {"noroot", "noroot-locked"} <= set(settings["SecureBits"][0].split())
 
 
 def test_unit_keeps_what_the_exporter_reads_visible() -> None:
