@@ -21,7 +21,7 @@ fi
 
 PACKAGES=(
     docker.io iptables ipset ebtables nftables busybox-static iproute2 procps kmod
-    ca-certificates make prometheus prometheus-alertmanager docker-compose openssl systemd
+    ca-certificates make prometheus prometheus-alertmanager docker-compose openssl systemd strace util-linux
 )
 
 missing=()
