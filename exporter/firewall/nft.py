@@ -54,6 +54,8 @@ class NftRule:
     exprs: tuple[Any, ...] = ()
     # Set when the rule object has no expression list nft could have printed.
     error: str | None = None
+    # The rule's comment (Docker 29 names its ICC and final drop rules this way).
+    comment: str | None = None
 
 
 @dataclass(frozen=True)
@@ -179,8 +181,15 @@ def _rule(body: dict) -> NftRule:
     error = None
     if not isinstance(exprs, list) or not all(isinstance(e, dict) and len(e) == 1 for e in exprs):
         exprs, error = [], "expression list not as nft prints it"
+    comment = body.get("comment") if isinstance(body.get("comment"), str) else None
     return NftRule(
-        body["family"], body["table"], str(body.get("chain", "")), handle, tuple(exprs), error
+        body["family"],
+        body["table"],
+        str(body.get("chain", "")),
+        handle,
+        tuple(exprs),
+        error,
+        comment,
     )
 
 
