@@ -432,6 +432,11 @@ class NftWalk:
             return self._payload(body.get("protocol"), body.get("field"))
         if kind == "ct":
             return self._ct(body.get("key"), body.get("dir"))
+        if kind == "fib" and body.get("result") == "type" and body.get("flags") == ["daddr"]:
+            # The packet asked about goes to a container's address, which lives in the
+            # container's namespace: the host's routing table never holds it as local (Docker's
+            # nat chains use this test to catch traffic to the host's published ports).
+            return ("fib daddr type", None)
         return None
 
     def _meta(self, key: Any) -> tuple[str, Any] | None | object:
@@ -576,6 +581,8 @@ def _member(kind: str, value: Any, right: Any) -> Tri:
         return _named_equal(kind, value, right)
     if kind == "number":
         return value == right if isinstance(right, int) else None
+    if kind == "fib daddr type":
+        return False if right == "local" else None  # other types (unicast, ...) not decided
     return None
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from exporter.docker_nft import docker_nft_findings
 from exporter.expectations import network_expectations
+from exporter.firewall.evaluate import Verdict, evaluate_packet
 from exporter.firewall.parse import parse_nft_ruleset
 from exporter.firewall.state import NftablesInfo
 from exporter.report import (
@@ -23,7 +24,7 @@ from exporter.report import (
     UNEXPECTED_ACCEPT_RULE,
 )
 from tests.unit import layouts as L
-from tests.unit.core_builders import inputs, one_by_one
+from tests.unit.core_builders import inputs, one_by_one, packet
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "docker29"
 IN_DOCKER0 = "filter-forward-in__docker0"
@@ -134,6 +135,16 @@ def test_a_parsed_docker_table_is_walked_not_reported_unknown():
 def test_a_docker_table_listed_but_not_modelled_stays_unknown():
     listed_only = NftablesInfo(docker_tables=("ip docker-bridges",))
     assert "ip docker-bridges" in str(inputs(nftables=listed_only).blocker("ipv4"))
+
+
+def test_published_port_dnat_does_not_touch_traffic_between_containers():
+    """nat-PREROUTING jumps to the DNAT of published port 8080 only for `fib daddr type local`:
+    a container's address is never local to the host, so a docker0 flow to port 8080 is
+    decided, not unknown."""
+    path = inputs(nftables=info(document("usernet-icc-true")))
+    first = packet("172.17.0.3", "172.17.0.2", "tcp", 8080)
+    decision = evaluate_packet(first, path)
+    assert decision.verdict is Verdict.ALLOW, decision.reason
 
 
 def test_user_table_drop_stops_a_link_flow_and_user_accept_cannot_open_icc():
