@@ -33,6 +33,7 @@ from exporter.report import (
     STALE_ACCEPT_RULE,
     UNEXPECTED_ACCEPT_RULE,
     Finding,
+    NetworkStatus,
 )
 
 TABLE = "docker-bridges"
@@ -411,3 +412,33 @@ def _duplicate_findings(
                     restore=f"nft delete rule {chain.label} handle {rule.handle}",
                 ))  # fmt: skip
     return findings
+
+
+def docker_nft_statuses(
+    expectations: Iterable[NetworkExpectation], findings: Iterable[Finding]
+) -> list[NetworkStatus]:
+    """Per network, the link rules Docker must have and how many are missing or extra, counted
+    from docker_nft_findings' findings as comparison.rule_findings counts them for iptables."""
+    findings = tuple(findings)
+    statuses = []
+    for expectation in expectations:
+        network = expectation.network
+        mine = [f for f in findings if f.network == network.name and f.family == "ipv4"]
+        statuses.append(
+            NetworkStatus(
+                name=network.name,
+                bridge=network.bridge,
+                icc=network.icc,
+                containers=len(
+                    {m.container.id for found in expectation.members.values() for m in found}
+                ),
+                expected_accept_rules=0 if network.icc else 2 * len(expectation.link_flows),
+                missing_accept_rules=sum(
+                    f.kind == MISSING_ACCEPT_RULE and f.port is not None for f in mine
+                ),
+                unexpected_accept_rules=sum(
+                    f.kind in (UNEXPECTED_ACCEPT_RULE, STALE_ACCEPT_RULE) for f in mine
+                ),
+            )
+        )
+    return statuses

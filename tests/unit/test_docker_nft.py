@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.docker_nft import docker_nft_findings
+from exporter.docker_nft import docker_nft_findings, docker_nft_statuses
 from exporter.expectations import network_expectations
 from exporter.firewall.evaluate import Verdict, evaluate_packet
 from exporter.firewall.parse import parse_nft_ruleset
@@ -282,3 +282,43 @@ def test_missing_bridge_chain_says_restart():
     found = findings("icc-false-link", doc)
     assert {f.kind for f in found} == {ICC_DROP_MISSING, MISSING_ACCEPT_RULE}
     assert all(f.restore and f.restore.startswith("restart dockerd") for f in found)
+
+
+def test_statuses_count_expected_missing_and_extra_link_rules():
+    doc = document("icc-false-link")
+    icc = icc_rule(doc, IN_DOCKER0)
+    gone = rules_of(doc, IN_DOCKER0)[1]
+    changed = with_rule_before(
+        without(doc, lambda r: r["handle"] != gone["handle"]),
+        icc["handle"],
+        addr_rule("172.17.0.4", "172.17.0.2", 99),
+    )
+    expectations = network_expectations(CASES["icc-false-link"])
+    (status,) = docker_nft_statuses(expectations, findings("icc-false-link", changed))
+    assert (status.containers, status.expected_accept_rules) == (3, 2)
+    assert (status.missing_accept_rules, status.unexpected_accept_rules) == (1, 1)
+
+
+def with_ip6_table(doc: dict, keep_icc: bool) -> dict:
+    """The ip table's objects copied into `ip6 docker-bridges`, without the IPv4-only link
+    rules (and without the ICC rule unless keep_icc)."""
+    changed = copy.deepcopy(doc)
+    for item in doc["nftables"]:
+        ((kind, body),) = item.items()
+        if body.get("family") != "ip" or (kind == "rule" and '"ip"' in json.dumps(body["expr"])):
+            continue
+        if kind == "rule" and body.get("comment") == "ICC" and not keep_icc:
+            continue
+        changed["nftables"].append({kind: {**copy.deepcopy(body), "family": "ip6"}})
+    return changed
+
+
+@pytest.mark.parametrize("keep_icc", [True, False])
+def test_ipv6_icc_rule_is_checked_in_the_ip6_table(keep_icc):
+    state = CASES["icc-false-link"]
+    state = replace(state, networks=tuple(replace(n, enable_ipv6=True) for n in state.networks))
+    doc = with_ip6_table(document("icc-false-link"), keep_icc)
+    found = docker_nft_findings(network_expectations(state), info(doc))
+    assert [(f.kind, f.family) for f in found] == ([] if keep_icc else [(ICC_DROP_MISSING, "ipv6")])
+    if not keep_icc:
+        assert found[0].restore.startswith("nft add rule ip6 docker-bridges")
