@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import replace
+from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from exporter.docker_nft import docker_nft_findings, docker_nft_statuses
 from exporter.expectations import network_expectations
 from exporter.firewall.evaluate import Verdict, evaluate_packet
+from exporter.firewall.nft import address_matches
 from exporter.firewall.parse import parse_nft_ruleset
 from exporter.firewall.state import NftablesInfo
 from exporter.report import (
@@ -322,3 +324,21 @@ def test_ipv6_icc_rule_is_checked_in_the_ip6_table(keep_icc):
     assert [(f.kind, f.family) for f in found] == ([] if keep_icc else [(ICC_DROP_MISSING, "ipv6")])
     if not keep_icc:
         assert found[0].restore.startswith("nft add rule ip6 docker-bridges")
+
+
+def test_address_matches_name_the_containers_a_native_rule_tells_apart():
+    """flows.py groups containers by the rules' address matches: Docker's link rules and a
+    user's rule in a native table must be among them, or a pair they single out is judged by
+    another pair's verdict."""
+    found = address_matches(info(document("icc-false-link")).native)
+    client, web, loner = (ip_address(f"172.17.0.{i}") for i in (3, 2, 4))
+    by_side = [{m.side: m for m in matches} for matches in found]
+    # the two link rules, the masquerade's `ip saddr 172.17.0.0/16`, nat-OUTPUT's
+    # `ip daddr != 127.0.0.0/8`
+    assert len(found) == 4
+    forward = next(s for s in by_side if len(s) == 2 and s["dst"].decide(web))
+    assert forward["src"].decide(client) is True and forward["src"].decide(loner) is False
+    (masquerade,) = [s for s in by_side if "dst" not in s]
+    assert masquerade["src"].decide(loner) is True
+    (not_loopback,) = [s for s in by_side if "src" not in s]
+    assert not_loopback["dst"].decide(web) is True
