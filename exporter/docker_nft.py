@@ -330,13 +330,20 @@ def _icc_position(chain: NftChain, links: list[ExpectedNftRule]) -> str:
 
 
 def _before_icc(rule: NftRule, link_keys: set[RuleKey]) -> bool:
-    if rule.comment in BEFORE_ICC_COMMENTS:
+    if rule.comment in BEFORE_ICC_COMMENTS or _accepts_by_mark(rule):
         return True
     key = rule_key(rule)
     if key is None or key[1] != "accept":
         return False
     lefts = {left for left, _, _ in key[0]}
     return key in link_keys or lefts in ({"ct state"}, {"meta mark"}) or all(_hosts(key))
+
+
+def _accepts_by_mark(rule: NftRule) -> bool:
+    """--bridge-accept-fwmark's rule (`meta mark & MASK == VALUE counter accept`): a masked
+    match rule_key does not read."""
+    text = json.dumps(rule.exprs)
+    return '"key": "mark"' in text and any("accept" in expr for expr in rule.exprs)
 
 
 def _extra_accepts(

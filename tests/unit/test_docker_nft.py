@@ -342,3 +342,21 @@ def test_address_matches_name_the_containers_a_native_rule_tells_apart():
     assert masquerade["src"].decide(loner) is True
     (not_loopback,) = [s for s in by_side if "src" not in s]
     assert not_loopback["dst"].decide(web) is True
+
+
+def test_missing_icc_goes_after_the_fwmark_accept():
+    doc = document("icc-false-link")
+    icc = icc_rule(doc, IN_DOCKER0)
+    mark = {"&": [{"meta": {"key": "mark"}}, 0xF000]}
+    fwmark = {
+        "family": "ip", "table": "docker-bridges", "chain": IN_DOCKER0, "handle": 97,
+        "expr": [{"match": {"op": "==", "left": mark, "right": 0x1000}}, {"counter": None},
+                 {"accept": None}],
+    }  # fmt: skip
+    first_link = rules_of(doc, IN_DOCKER0)[1]
+    changed = with_rule_before(
+        without(doc, lambda r: r["handle"] != icc["handle"]), first_link["handle"], fwmark
+    )
+    (finding,) = findings("icc-false-link", changed)
+    last_link = rules_of(doc, IN_DOCKER0)[2]
+    assert f"position {last_link['handle']} " in str(finding.restore)
