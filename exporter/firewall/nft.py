@@ -54,6 +54,8 @@ class NftRule:
     exprs: tuple[Any, ...] = ()
     # Set when the rule object has no expression list nft could have printed.
     error: str | None = None
+    # The rule's comment (Docker 29 names its ICC and final drop rules this way).
+    comment: str | None = None
 
 
 @dataclass(frozen=True)
@@ -179,8 +181,15 @@ def _rule(body: dict) -> NftRule:
     error = None
     if not isinstance(exprs, list) or not all(isinstance(e, dict) and len(e) == 1 for e in exprs):
         exprs, error = [], "expression list not as nft prints it"
+    comment = body.get("comment") if isinstance(body.get("comment"), str) else None
     return NftRule(
-        body["family"], body["table"], str(body.get("chain", "")), handle, tuple(exprs), error
+        body["family"],
+        body["table"],
+        str(body.get("chain", "")),
+        handle,
+        tuple(exprs),
+        error,
+        comment,
     )
 
 
@@ -208,6 +217,81 @@ def unsupported(ruleset: NftRuleset) -> list[str]:
             elif rule.error:
                 found.append(f"{chain.label} rule {rule.handle}: {rule.error}")
     return found
+
+
+# ---- address matches, for grouping containers (flows.py) ------------------------------------
+
+
+@dataclass(frozen=True)
+class AddressMatch:
+    """One `ip/ip6 saddr/daddr OP RIGHT` of a native rule, a named set already resolved."""
+
+    side: str  # "src" or "dst"
+    op: str
+    right: Any
+
+    @property
+    def negated(self) -> bool:
+        return self.op == "!="
+
+    @property
+    def host(self) -> Any:
+        """The one address an `==` or `!=` names (a plain address or a full-length prefix),
+        else None: callers look members up by it instead of deciding each one."""
+        if self.op not in ("==", "!=", "in"):
+            return None
+        right, length = self.right, None
+        if isinstance(right, dict) and isinstance(right.get("prefix"), dict):
+            right, length = right["prefix"].get("addr"), right["prefix"].get("len")
+        if not isinstance(right, str):
+            return None
+        try:
+            address = ip_address(right)
+        except ValueError:
+            return None
+        return address if length in (None, address.max_prefixlen) else None
+
+    def decide(self, address: Any) -> Tri:
+        """Whether a packet from (src) or to (dst) `address` passes this match."""
+        if self.right is None:
+            return None  # a set filled from the packet path, or one not listed
+        hit = _member("address", address, self.right)
+        if hit is None or self.op in ("==", "in"):
+            return hit
+        return not hit if self.op == "!=" else None
+
+
+def address_matches(ruleset: NftRuleset) -> list[tuple[AddressMatch, ...]]:
+    """Per rule that names addresses, its address matches: which containers a rule can tell
+    apart, as flows.py needs to group containers by how the rules treat them."""
+    found = []
+    for chain in ruleset.chains.values():
+        for rule in chain.rules:
+            matches = tuple(
+                m for expr in rule.exprs if (m := _address_match(ruleset, rule, expr)) is not None
+            )
+            if matches:
+                found.append(matches)
+    return found
+
+
+def _address_match(ruleset: NftRuleset, rule: NftRule, expr: Any) -> AddressMatch | None:
+    ((kind, body),) = expr.items()
+    if kind != "match" or not isinstance(body, dict):
+        return None
+    left = body.get("left")
+    payload = left.get("payload") if isinstance(left, dict) else None
+    if not isinstance(payload, dict) or payload.get("protocol") not in ("ip", "ip6"):
+        return None
+    if payload.get("field") not in ("saddr", "daddr"):
+        return None
+    right = body.get("right")
+    if isinstance(right, str) and right.startswith("@"):
+        named = ruleset.sets.get((rule.family, rule.table, right[1:]))
+        usable = named is not None and not named.is_map and not named.dynamic
+        right = {"set": [_unwrap(e) for e in named.elements]} if usable else None  # type: ignore[union-attr]
+    side = "src" if payload["field"] == "saddr" else "dst"
+    return AddressMatch(side, str(body.get("op", "==")), right)
 
 
 # ---- the walk --------------------------------------------------------------------------------
@@ -423,6 +507,11 @@ class NftWalk:
             return self._payload(body.get("protocol"), body.get("field"))
         if kind == "ct":
             return self._ct(body.get("key"), body.get("dir"))
+        if kind == "fib" and body.get("result") == "type" and body.get("flags") == ["daddr"]:
+            # The packet asked about goes to a container's address, which lives in the
+            # container's namespace: the host's routing table never holds it as local (Docker's
+            # nat chains use this test to catch traffic to the host's published ports).
+            return ("fib daddr type", None)
         return None
 
     def _meta(self, key: Any) -> tuple[str, Any] | None | object:
@@ -567,6 +656,8 @@ def _member(kind: str, value: Any, right: Any) -> Tri:
         return _named_equal(kind, value, right)
     if kind == "number":
         return value == right if isinstance(right, int) else None
+    if kind == "fib daddr type":
+        return False if right == "local" else None  # other types (unicast, ...) not decided
     return None
 
 

@@ -936,12 +936,13 @@ def parse_nft_ruleset(json_text: str) -> NftablesInfo:
 
     Tables made by iptables-nft (ip/ip6 filter, nat, mangle, raw, security) and ebtables-nft
     (bridge filter, nat, broute) are read through their save tools, so they are skipped here.
-    Tables named docker-bridges (ip/ip6) go to docker_tables as "FAMILY NAME". In every other
-    table, base chains hooked at prerouting/forward/postrouting (ip, ip6, inet, bridge) or
-    ingress (netdev, inet) go to foreign_chains as "FAMILY TABLE CHAIN hook HOOK"; hooks such as
-    input/output never see bridged container traffic. A table of another family with an
-    iptables-like name (inet filter) is foreign. Every table that is neither iptables-nft's,
-    ebtables-nft's nor Docker's goes to native (chains, rules, sets and maps). Every table goes
+    Tables named docker-bridges (ip/ip6), Docker 29's nftables firewall backend, are listed in
+    docker_tables as "FAMILY NAME". In every other table, base chains hooked at
+    prerouting/forward/postrouting (ip, ip6, inet, bridge) or ingress (netdev, inet) go to
+    foreign_chains as "FAMILY TABLE CHAIN hook HOOK"; hooks such as input/output never see
+    bridged container traffic. A table of another family with an iptables-like name (inet filter)
+    is foreign. Every table that is neither iptables-nft's nor ebtables-nft's, Docker's included,
+    goes to native (chains, rules, sets and maps) and is walked like any other. Every table goes
     to tables as "FAMILY NAME" (check.py compares them with what iptables-nft-save and
     ebtables-nft-save printed). Raises ValueError with a one-line message for text that is not
     JSON, has no "nftables" list, or holds an object nft does not print (see _nft_objects);
@@ -973,7 +974,7 @@ def parse_nft_ruleset(json_text: str) -> NftablesInfo:
 
 
 def _native_table(family: str, name: str) -> bool:
-    return not _xtables_table(family, name) and not _docker_table(family, name)
+    return not _xtables_table(family, name)
 
 
 def _foreign_chain(chain: dict) -> str | None:

@@ -17,7 +17,9 @@ class NftablesInfo:
     inet ingress, netdev egress), e.g. "inet firewalld filter_FORWARD hook forward".
     native: those other tables as a model the evaluator walks (see exporter/firewall/nft.py).
     A foreign chain missing from it (a value built by hand) cannot be walked: flows are unknown.
-    docker_tables: Docker 29's own nftables firewall backend tables ("ip docker-bridges", ...).
+    docker_tables: Docker 29's own nftables firewall backend tables ("ip docker-bridges", ...);
+    they are in native too and walked like any other table (exporter/docker_nft.py compares
+    them with what Docker must have written).
     tables: every table nft lists, as "FAMILY NAME" ("ip filter", "bridge nat", ...), those of
     iptables-nft and ebtables-nft included: the kernel's own list, against which a save dump cut
     at a table boundary shows.
