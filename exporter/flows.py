@@ -32,6 +32,7 @@ from exporter.firewall.matches import (
     in_network,
     side_of,
 )
+from exporter.firewall.nft import AddressMatch, address_matches
 from exporter.firewall.rules import Rule, Ruleset
 from exporter.model import ExposedPort, IPAddress
 from exporter.report import Flow, FlowCount
@@ -145,6 +146,20 @@ def _address_rules(rulesets: Iterable[Ruleset]) -> list[_AddressRule]:
     return found
 
 
+def _native_address_rules(found: list[tuple[AddressMatch, ...]]) -> list[_AddressRule]:
+    return [
+        _AddressRule(
+            tuple((m, _decide_native) for m in matches if m.side == "src"),
+            tuple((m, _decide_native) for m in matches if m.side == "dst"),
+        )
+        for matches in found
+    ]
+
+
+def _decide_native(match: AddressMatch, address, ctx) -> Tri:
+    return match.decide(address)
+
+
 @dataclass(frozen=True)
 class FamilyRules:
     """What every network of one family reads from the rules, gathered once per check: reading
@@ -159,7 +174,9 @@ class FamilyRules:
         rulesets = inputs.firewall.for_family(family)
         if inputs.firewall.bridge is not None:
             rulesets += (inputs.firewall.bridge,)
-        return cls(rulesets, probe_port(rulesets), tuple(_address_rules(rulesets)))
+        nft = inputs.firewall.nftables
+        native = _native_address_rules(address_matches(nft.native)) if nft else []
+        return cls(rulesets, probe_port(rulesets), tuple(_address_rules(rulesets) + native))
 
 
 def _and(a: Tri, b: Tri) -> Tri:
@@ -195,7 +212,10 @@ class _Sides:
         return default, exceptions
 
     def _one(self, option, decide) -> tuple[Tri, dict[str, Tri]]:
-        host = host_address(option) if decide is in_network else None
+        if isinstance(option, AddressMatch):
+            host = option.host
+        else:
+            host = host_address(option) if decide is in_network else None
         if host is not None:
             hit = not option.negated
             return (not hit), {i: hit for i in self.by_address.get(host, ())}
