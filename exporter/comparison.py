@@ -40,6 +40,7 @@ from exporter.report import (
     Flow,
     NetworkStatus,
 )
+from exporter.verdict import Verdict
 
 # Matches a rule may carry and still be "a rule for these container addresses" we can judge.
 NEUTRAL_MATCHES = {"", "tcp", "udp", "sctp", "multiport", "comment", "conntrack", "state"}
@@ -405,9 +406,9 @@ def flow_findings(flows: Iterable[Flow]) -> list[Finding]:
         if flow.expected == flow.actual:
             continue
         port = f"{flow.protocol}/{flow.port}" if flow.port is not None else f"{flow.protocol} probe"
-        if flow.actual == "unknown":
+        if flow.actual == Verdict.UNKNOWN:
             kind, what = UNKNOWN_FLOW, f"verdict unknown ({flow.reason})"
-        elif flow.expected == "deny":
+        elif flow.expected == Verdict.DENY:
             kind, what = ISOLATION_BREACH, f"allowed but must be denied ({flow.reason})"
         else:
             kind, what = BLOCKED_LINK_FLOW, f"link flow denied ({flow.reason})"

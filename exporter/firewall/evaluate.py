@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from enum import StrEnum
 from heapq import merge
 
 from exporter.firewall.matches import (
@@ -30,6 +29,7 @@ from exporter.firewall.matches import (
 from exporter.firewall.rules import Chain, Rule, Ruleset
 from exporter.firewall.state import FirewallState
 from exporter.model import IPAddress
+from exporter.verdict import Verdict
 
 # Stages as (family kind, table, chain), in the order a bridged packet meets them.
 STAGES: tuple[tuple[str, str, str], ...] = (
@@ -62,12 +62,6 @@ PASS_TARGETS = {
 POSTROUTING_NAT = {"SNAT", "MASQUERADE", "snat"}
 
 MAX_DEPTH = 64
-
-
-class Verdict(StrEnum):
-    ALLOW = "allow"
-    DENY = "deny"
-    UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True)
