@@ -8,11 +8,16 @@ interpreted here; the evaluator decides which ones it understands.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
 Family = Literal["ipv4", "ipv6", "bridge"]
 Backend = Literal["nft", "legacy"]
+
+# The chains dockerd creates in table filter (DOCKER-FORWARD since Docker 28): the backend whose
+# ruleset holds one of them is the one dockerd writes to.
+DOCKER_CHAINS = ("DOCKER", "DOCKER-FORWARD", "DOCKER-USER")
 
 
 @dataclass(frozen=True)
@@ -128,3 +133,13 @@ class IPSet:
     type: str
     family: str  # "inet" or "inet6"
     members: tuple[str, ...] = ()
+
+
+def holds_docker_chains(ruleset: Ruleset) -> bool:
+    return any(ruleset.chain("filter", name) is not None for name in DOCKER_CHAINS)
+
+
+def docker_backend(rulesets: Iterable[Ruleset]) -> Backend | None:
+    """The backend of the first ruleset holding Docker's chains; None when none does (dockerd runs
+    with --iptables=false, or its rules were flushed)."""
+    return next((r.backend for r in rulesets if holds_docker_chains(r)), None)

@@ -8,13 +8,13 @@ from dataclasses import replace
 
 import pytest
 
-from exporter.check import build_report
+from exporter.check import CheckInputs, build_report
 from exporter.config import CheckConfig
 from exporter.firewall.parse import parse_ebtables_save, parse_iptables_save
 from exporter.firewall.rules import IPSet
 from exporter.firewall.state import NftablesInfo
 from exporter.report import Report, SourceStatus
-from exporter.sources.firewall import IptablesRead
+from exporter.sources import SOURCE_NAMES, IptablesRead
 from tests.unit import layouts as L
 
 EMPTY_EBTABLES = "*filter\n:INPUT ACCEPT\n:FORWARD ACCEPT\n:OUTPUT ACCEPT\n"
@@ -39,18 +39,22 @@ def decide(
     rulesets = [parse_iptables_save(ipv4, "ipv4", "nft")]
     if legacy is not None:
         rulesets.append(parse_iptables_save(legacy, "ipv4", "legacy"))
-    values = {
-        "docker": state,
-        "settings": settings,
-        "iptables": IptablesRead("nft", tuple(rulesets)),
-        "ip6tables": IptablesRead("nft", ()),
-        "ebtables": parse_ebtables_save(ebtables) if ebtables is not None else None,
-        "ipset": DOCKER28_SETS if ipsets is None else ipsets,
-        "nftables": nftables or NftablesInfo(),
-    }
-    values = {name: value for name, value in values.items() if value is not None}
-    statuses = [SourceStatus(name, name in values, 0.0) for name in values]
-    return build_report(values, statuses, config or CheckConfig(), time.time(), time.monotonic())
+    bridge = parse_ebtables_save(ebtables) if ebtables is not None else None
+    # A source given None here was not read at all: no status for it.
+    read = {"docker": state, "settings": settings, "ebtables": bridge}
+    inputs = CheckInputs(
+        statuses=tuple(
+            SourceStatus(n, True, 0.0) for n in SOURCE_NAMES if read.get(n, n) is not None
+        ),
+        docker=state,
+        settings=settings,
+        iptables=IptablesRead("nft", tuple(rulesets)),
+        ip6tables=IptablesRead("nft", ()),
+        ebtables=bridge,
+        ipset=DOCKER28_SETS if ipsets is None else ipsets,
+        nftables=nftables or NftablesInfo(),
+    )
+    return build_report(inputs, config or CheckConfig(), time.time(), time.monotonic())
 
 
 def verdicts(report: Report) -> dict[tuple[str, str, str, int | None], str]:

@@ -91,7 +91,7 @@ def test_build_sources_order_and_settings():
         "ipset",
         "nftables",
     ]
-    docker, settings, v4, v6 = sources[:4]
+    docker, settings, v4, v6 = sources.docker, sources.settings, sources.iptables, sources.ip6tables
     assert (docker.base_url, docker.timeout) == ("unix:///run/d.sock", 3.0)
     assert (settings.procfs, settings.daemon_config, settings.docker_host) == (
         "/p",
