@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
+from ipaddress import ip_network
 
-from exporter.expectations import ExpectedRule, Member, NetworkExpectation, rule_identity
+from exporter.expectations import Member, NetworkExpectation
 from exporter.firewall.matches import (
     ADDRESS_OPTIONS,
     MATCHERS,
@@ -20,7 +21,7 @@ from exporter.firewall.matches import (
     in_network,
     side_of,
 )
-from exporter.firewall.rules import Option, Rule, Ruleset
+from exporter.firewall.rules import Option, Rule, Ruleset, rule_identity
 from exporter.firewall.state import FirewallState
 from exporter.model import HostSettings
 from exporter.report import (
@@ -90,7 +91,7 @@ class _Forward:
         self.ruleset = ruleset
         rules = list(_forward_rules(ruleset))
         # ACCEPT rules with their identity, in path order.
-        self.accepts = [(rule, _identity(rule)) for rule in rules if rule.target == "ACCEPT"]
+        self.accepts = [(rule, rule_identity(rule)) for rule in rules if rule.target == "ACCEPT"]
         self.accept_ids = {identity for _, identity in self.accepts}
         # Bridges with Docker's `-i B -o B -j DROP` (and no other builtin match).
         self.icc_drop_bridges = {bridge for rule in rules if (bridge := _icc_drop_bridge(rule))}
@@ -109,23 +110,6 @@ def _icc_drop_bridge(rule: Rule) -> str | None:
     if inbound is None or inbound != outbound or inbound[1] or len(inbound[0]) != 1:
         return None
     return inbound[0][0]
-
-
-def _identity(rule: Rule) -> tuple:
-    return rule_identity(
-        [(m.module, o.name, o.args, o.negated) for m in rule.matches for o in m.options],
-        rule.target or "",
-    )
-
-
-def _expected_identity(expected: ExpectedRule, ruleset: Ruleset) -> tuple | None:
-    """Parse the expected spec with the same parser so both sides compare alike."""
-    from exporter.firewall.parse import parse_iptables_save
-
-    text = f"*filter\n:DOCKER - [0:0]\n-A DOCKER {expected.spec}\nCOMMIT\n"
-    parsed = parse_iptables_save(text, "ipv4", ruleset.backend)
-    chain = parsed.chain("filter", "DOCKER")
-    return _identity(chain.rules[0]) if chain and chain.rules else None
 
 
 class _IntraBridge:
@@ -217,7 +201,7 @@ def rule_findings(
         if not network.icc:
             expected_ids = set()
             for expected in expected_rules:
-                identity = _expected_identity(expected, rulesets[0]) if rulesets else None
+                identity = rule_identity(expected.rule)
                 expected_ids.add(identity)
                 if identity not in present:
                     missing += 1
@@ -277,8 +261,6 @@ def _stale_hosts(rule: Rule, network, addresses: set[str]) -> list[str]:
     """Host addresses a two-host rule names inside the network's subnets that no container has."""
     if not _names_address(rule) or any(m.module not in NEUTRAL_MATCHES for m in rule.matches):
         return []
-    from ipaddress import ip_network
-
     stale = []
     for option in rule.options(""):
         if option.name not in ("-s", "-d") or len(option.args) != 1:

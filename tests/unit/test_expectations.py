@@ -12,8 +12,9 @@ from exporter.expectations import (
     link_rules,
     network_expectations,
     posture_findings,
-    rule_identity,
 )
+from exporter.firewall.parse import parse_iptables_save
+from exporter.firewall.rules import Match, Option, Rule, rule_identity
 from exporter.model import Container, DockerState, Endpoint, ExposedPort, Link
 from exporter.report import ICC_POSTURE, IPTABLES_POSTURE
 from tests.unit import layouts as L
@@ -157,6 +158,17 @@ def test_link_rules_are_the_pair_docker_writes():
     assert expectation.expected_rules() == (forward, reverse)
 
 
+def test_link_rules_are_the_values_the_parser_reads_from_dockers_dump():
+    """The built rule and Docker's line in a real dump are the same rule: same identity, same text."""
+    dump = (L.LAYOUTS / "docker28-icc-false-link.rules").read_text()
+    docker = parse_iptables_save(dump, "ipv4", "nft").chain("filter", "DOCKER")
+    (expectation,) = network_expectations(L.default_bridge_state(False))
+    for expected in expectation.expected_rules():
+        (parsed,) = [r for r in docker.rules if r.text == expected.rule.text]
+        assert rule_identity(parsed) == rule_identity(expected.rule)
+        assert (parsed.matches, parsed.target) == (expected.rule.matches, expected.rule.target)
+
+
 def test_expected_rules_match_the_layout_fixture_line_for_line():
     text = (L.LAYOUTS / "docker28-icc-false-link.rules").read_text().splitlines()
     (expectation,) = network_expectations(L.default_bridge_state(False))
@@ -168,7 +180,9 @@ def test_expected_rules_match_the_layout_fixture_line_for_line():
 
 
 def spec(*options, target="ACCEPT"):
-    return rule_identity([(m, n, tuple(a.split()), neg) for m, n, a, neg in options], target)
+    """The identity of a rule with these (module, name, args, negated) options, each its own match."""
+    matches = tuple(Match(m, (Option(n, tuple(a.split()), neg),)) for m, n, a, neg in options)
+    return rule_identity(Rule("DOCKER", 1, "", matches, target))
 
 
 S = ("", "-s", "172.17.0.3/32", False)
