@@ -35,7 +35,6 @@ from exporter.firewall.rules import Rule, Ruleset
 from exporter.model import ExposedPort
 from exporter.report import Flow, FlowCount
 
-PROBE = "probe"
 PORT_OPTIONS = {"--dport", "--sport", "--dports", "--sports", "--ports", "--destination-port",
                 "--source-port", "--destination-ports", "--source-ports", "--ip-dport",
                 "--ip-sport", "--ip6-dport", "--ip6-sport"}  # fmt: skip

@@ -71,7 +71,6 @@ class Network:
     name: str
     bridge: str
     icc: bool
-    internal: bool = False
     default_bridge: bool = False
     subnets: tuple[IPNetwork, ...] = ()
     enable_ipv6: bool = False

@@ -325,6 +325,8 @@ def _network(reply: Mapping[str, Any]) -> Network:
                 subnets.append(ip_network(subnet, strict=False))
             except ValueError:
                 raise SourceError(f"docker: {where}: subnet {subnet!r} is not a network") from None
+    # Internal is not read (an internal network's isolation is in its rules, which are walked), but
+    # a reply holding it in another shape is not one this parser knows: fail closed.
     for key in ("Internal", "EnableIPv6"):
         _check_kind(reply.get(key, False), bool, f"{where}: {key}")
     return Network(
@@ -332,7 +334,6 @@ def _network(reply: Mapping[str, Any]) -> Network:
         name=name,
         bridge=options.get(_OPT_BRIDGE_NAME) or "br-" + net_id[:12],
         icc=icc,
-        internal=reply.get("Internal", False),
         default_bridge=parse_go_bool(options.get(_OPT_DEFAULT_BRIDGE, "")) is True,
         subnets=tuple(subnets),
         enable_ipv6=reply.get("EnableIPv6", False),

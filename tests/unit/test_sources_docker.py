@@ -58,7 +58,7 @@ def test_parse_networks_bridge_only_with_icc_and_bridge_names():
     assert nets["isolated"].default_bridge is False
     assert nets["opennet"].bridge == "br-d151f1a3dcd2"
     assert nets["opennet"].icc is True  # option absent: Docker's default
-    assert all(not n.internal and not n.enable_ipv6 for n in nets.values())
+    assert all(not n.enable_ipv6 for n in nets.values())
 
 
 def test_parse_containers_ports_endpoints_links():
