@@ -60,7 +60,7 @@ def docker_state() -> DockerState:
     client = Container("id-client", "client",
                        endpoints=(Endpoint("id-bridge", ipv4=IPv4Address("172.17.0.3")),),
                        links=(Link("id-client", "id-web", "web"),))  # fmt: skip
-    return DockerState("bench", "1.41", (bridge,), (web, client))
+    return DockerState("bench", (bridge,), (web, client))
 
 
 def dump_with_chains(chains: int) -> str:

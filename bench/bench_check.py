@@ -74,7 +74,7 @@ def host(containers: int, links: int) -> tuple[DockerState, str]:
             common = "-i docker0 -o docker0 -p tcp -m tcp"
             rules.append(f"-A DOCKER -s {parent}/32 -d {child}/32 {common} --dport 80 -j ACCEPT")
             rules.append(f"-A DOCKER -s {child}/32 -d {parent}/32 {common} --sport 80 -j ACCEPT")
-    state = DockerState("bench", "1.41", (bridge,), tuple(made))
+    state = DockerState("bench", (bridge,), tuple(made))
     return state, HEAD + "\n".join(rules) + "\nCOMMIT\n"
 
 

@@ -73,13 +73,11 @@ class Network:
     icc: bool
     default_bridge: bool = False
     subnets: tuple[IPNetwork, ...] = ()
-    enable_ipv6: bool = False
 
 
 @dataclass(frozen=True)
 class DockerState:
     version: str
-    api_version: str
     networks: tuple[Network, ...] = ()
     # Running containers only.
     containers: tuple[Container, ...] = ()

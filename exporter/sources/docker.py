@@ -224,7 +224,6 @@ def _parse_docker(files: Mapping[str, str]) -> DockerState:
     )
     return DockerState(
         version=version.get("Version", ""),
-        api_version=version.get("ApiVersion", ""),
         networks=networks,
         containers=containers,
     )
@@ -325,8 +324,9 @@ def _network(reply: Mapping[str, Any]) -> Network:
                 subnets.append(ip_network(subnet, strict=False))
             except ValueError:
                 raise SourceError(f"docker: {where}: subnet {subnet!r} is not a network") from None
-    # Internal is not read (an internal network's isolation is in its rules, which are walked), but
-    # a reply holding it in another shape is not one this parser knows: fail closed.
+    # Not read (an internal network's isolation is in its rules, which are walked; IPv6 shows in
+    # the containers' addresses), but a reply holding them in another shape is not one this
+    # parser knows: fail closed.
     for key in ("Internal", "EnableIPv6"):
         _check_kind(reply.get(key, False), bool, f"{where}: {key}")
     return Network(
@@ -336,7 +336,6 @@ def _network(reply: Mapping[str, Any]) -> Network:
         icc=icc,
         default_bridge=parse_go_bool(options.get(_OPT_DEFAULT_BRIDGE, "")) is True,
         subnets=tuple(subnets),
-        enable_ipv6=reply.get("EnableIPv6", False),
     )
 
 

@@ -48,9 +48,7 @@ def test_members_are_grouped_by_network_and_family():
     )
     only6 = Container("id-6", "six", endpoints=(Endpoint(net.id, ipv6=ip_address("fd00::3")),))
     elsewhere = L.container("x", other, "10.2.0.9")
-    found = by_name(
-        network_expectations(DockerState("t", "1.41", (net, other), (dual, only6, elsewhere)))
-    )
+    found = by_name(network_expectations(DockerState("t", (net, other), (dual, only6, elsewhere))))
     names = {
         (network, family): [m.container.name for m in members]
         for network, e in found.items()
@@ -67,7 +65,7 @@ def test_members_are_grouped_by_network_and_family():
 
 def test_every_network_gets_an_expectation_even_without_members():
     net = L.network("empty", "br9", False, "10.9.0.0/24")
-    (only,) = network_expectations(DockerState("t", "1.41", (net,), ()))
+    (only,) = network_expectations(DockerState("t", (net,), ()))
     assert only.members == {"ipv4": (), "ipv6": ()} and only.link_flows == ()
 
 
@@ -86,7 +84,6 @@ def test_links_on_a_user_defined_network_are_only_dns_aliases():
     net = L.network("user", "br0", False, "10.1.0.0/24")
     state = DockerState(
         "t",
-        "1.41",
         (net,),
         (
             L.container("web", net, "10.1.0.2", exposed=("80/tcp",)),
@@ -100,7 +97,6 @@ def test_link_to_a_child_exposing_nothing_or_not_running_allows_nothing():
     bridge = L.network("bridge", "docker0", False, "172.17.0.0/16", default=True)
     state = DockerState(
         "t",
-        "1.41",
         (bridge,),
         (
             L.container("quiet", bridge, "172.17.0.2"),
@@ -114,7 +110,6 @@ def test_a_link_covers_every_port_and_protocol_the_child_exposes():
     bridge = L.network("bridge", "docker0", False, "172.17.0.0/16", default=True)
     state = DockerState(
         "t",
-        "1.41",
         (bridge,),
         (
             L.container("dns", bridge, "172.17.0.2", exposed=("53/udp", "53/tcp")),
@@ -142,7 +137,7 @@ def test_links_are_ipv4_only():
         (Endpoint(bridge.id, ipv6=ip_address("fd00::3")),),
         (Link("id-client", "id-web", "web"),),
     )
-    assert link_flows(DockerState("t", "1.41", (bridge,), (web, client))) == []
+    assert link_flows(DockerState("t", (bridge,), (web, client))) == []
 
 
 def test_link_rules_are_the_pair_docker_writes():
