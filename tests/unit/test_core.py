@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from exporter.check import CheckInputs, build_report
+from exporter.check import CheckInputs, build_report, check_dumps_against_nft
 from exporter.config import CheckConfig
 from exporter.firewall.parse import parse_ebtables_save, parse_iptables_save
 from exporter.firewall.rules import IPSet
@@ -293,3 +293,40 @@ def test_unparsed_line_is_reported_and_its_rule_is_undecidable():
     report = decide(STATE, text, config=ALL)
     assert "unparsed_rule" in kinds(report)
     assert verdicts(report)[("bridge", "loner", "web", 80)] == "unknown"
+
+
+# ---- check_dumps_against_nft: the dumps against the kernel's own list of nft tables ------------
+
+
+def inputs_with(nft_tables: tuple[str, ...], printed: frozenset[str]) -> CheckInputs:
+    ruleset = parse_iptables_save(D28, "ipv4", "nft")
+    read = IptablesRead("nft", (ruleset,), {"nft": printed})
+    return CheckInputs(
+        statuses=(SourceStatus("iptables", True, 0.0), SourceStatus("ip6tables", True, 0.0)),
+        iptables=read,
+        ip6tables=IptablesRead("nft", (), {"nft": frozenset()}),
+        nftables=NftablesInfo(tables=nft_tables),
+    )
+
+
+def test_dump_lacking_a_table_nft_lists_drops_that_source_only():
+    checked = check_dumps_against_nft(inputs_with(("ip filter", "ip raw"), frozenset({"filter"})))
+    assert checked.iptables is None and checked.ip6tables is not None
+    iptables, ip6tables = checked.statuses
+    assert not iptables.up and iptables.error == (
+        "iptables: iptables-nft-save printed no table raw that nft lists: dump cut short or "
+        "table incompatible; no verdict from it"
+    )
+    assert ip6tables.up and ip6tables.error is None
+
+
+def test_dump_holding_every_table_nft_lists_is_kept_as_is():
+    whole = inputs_with(("ip filter", "ip6 filter", "inet firewalld"), frozenset({"filter"}))
+    # ip6 filter: the ip6tables dump printed none, but nft lists it.
+    checked = check_dumps_against_nft(replace(whole, ip6tables=None))
+    assert checked == replace(whole, ip6tables=None)
+
+
+def test_without_nft_nothing_is_compared():
+    unread = replace(inputs_with(("ip filter", "ip raw"), frozenset()), nftables=None)
+    assert check_dumps_against_nft(unread) is unread
