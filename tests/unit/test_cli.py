@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import socket
 import threading
 import time
@@ -14,6 +15,7 @@ import pytest
 from exporter import __version__
 from exporter.cli import build_parser, config_from_args, exit_code, main, serve
 from exporter.config import CheckConfig, ListenAddress, parse_duration
+from exporter.logs import setup_logging
 from exporter.report import (
     ISOLATION_BREACH,
     UNKNOWN_FLOW,
@@ -443,10 +445,6 @@ def test_serve_runs_checks_and_stops():
 
 
 def test_log_formats_are_one_line_per_event():
-    import logging
-
-    from exporter.logs import setup_logging
-
     for fmt in ("logfmt", "json"):
         stream = io.StringIO()
         setup_logging("info", fmt, stream=stream)
