@@ -11,7 +11,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from ipaddress import ip_network
 
-from exporter.expectations import Member, NetworkExpectation
+from exporter.expectations import ExpectedRule, Member, NetworkExpectation
 from exporter.firewall.matches import (
     ADDRESS_OPTIONS,
     MATCHERS,
@@ -23,7 +23,7 @@ from exporter.firewall.matches import (
 )
 from exporter.firewall.rules import Option, Rule, Ruleset, rule_identity
 from exporter.firewall.state import FirewallState
-from exporter.model import HostSettings
+from exporter.model import HostSettings, Network
 from exporter.report import (
     BLOCKED_LINK_FLOW,
     BRIDGE_NF_CALL_DISABLED,
@@ -179,10 +179,16 @@ def _names_address(rule: Rule) -> bool:
     return sides == {"-s", "-d"}
 
 
+# A rule's identity (exporter.firewall.rules.rule_identity).
+RuleIdentity = tuple[frozenset[tuple[str, str, tuple[str, ...], bool]], str]
+
+
 def rule_findings(
     expectations: Iterable[NetworkExpectation],
     firewall: FirewallState,
 ) -> tuple[list[Finding], list[NetworkStatus]]:
+    """Per icc-disabled network: Docker's link rules that are missing, ACCEPT rules between its
+    containers that no link explains, and its missing DROP; one NetworkStatus per network."""
     findings: list[Finding] = []
     statuses: list[NetworkStatus] = []
     rulesets = [
@@ -192,55 +198,18 @@ def rule_findings(
     ]
     ctx = MatchContext(firewall.ipsets)
     forwards = [_Forward(ruleset) for ruleset in rulesets]
-    present: set[tuple] = set().union(*(forward.accept_ids for forward in forwards))
+    present: set[RuleIdentity] = set().union(*(forward.accept_ids for forward in forwards))
     for expectation in expectations:
         network = expectation.network
-        members = expectation.members.get("ipv4", ())
         expected_rules = expectation.expected_rules()
-        missing = unexpected = 0
+        missing: list[Finding] = []
+        unexpected: list[Finding] = []
         if not network.icc:
-            expected_ids = set()
-            for expected in expected_rules:
-                identity = rule_identity(expected.rule)
-                expected_ids.add(identity)
-                if identity not in present:
-                    missing += 1
-                    link = expected.link
-                    findings.append(Finding(
-                        MISSING_ACCEPT_RULE, network.name,
-                        f"link {link.parent.container.name} -> {link.child.container.name} "
-                        f"(alias {link.alias}) {link.port}: Docker's rule is missing",
-                        containers=(link.parent.container.name, link.child.container.name),
-                        protocol=link.port.protocol, port=link.port.port,
-                        rule=f"-A DOCKER {expected.spec}",
-                        restore=f"{iptables_command(firewall.primary_backend)} -I DOCKER "
-                        f"{expected.spec}",
-                    ))  # fmt: skip
-            intra = _IntraBridge(expectation, ctx)
-            addresses = {str(m.address) for m in members}
-            for forward in forwards:
-                command = iptables_command(forward.ruleset.backend)
-                for rule, identity in forward.accepts:
-                    if identity in expected_ids:
-                        continue
-                    matched = intra.matched_members(rule)
-                    stale = _stale_hosts(rule, network, addresses)
-                    if matched is None and not stale:
-                        continue
-                    unexpected += 1
-                    sources, targets = matched or ([], [])
-                    kind = STALE_ACCEPT_RULE if stale else UNEXPECTED_ACCEPT_RULE
-                    detail = (
-                        f"ACCEPT for {', '.join(stale)} (no running container has that address)"
-                        if stale
-                        else "ACCEPT between containers that no link explains"
-                    )
-                    findings.append(Finding(
-                        kind, network.name, f"{detail}: {rule.text}",
-                        containers=_names([*sources, *targets]),
-                        rule=rule.text, restore=f"{command} -D {rule.chain} {rule.spec}",
-                    ))  # fmt: skip
-            findings.extend(_icc_drop_findings(expectation, forwards, firewall.primary_backend))
+            missing = _missing_rules(network, expected_rules, present, firewall.primary_backend)
+            expected_ids = {rule_identity(e.rule) for e in expected_rules}
+            unexpected = _unexpected_rules(expectation, forwards, expected_ids, ctx)
+            drop = _icc_drop_findings(expectation, forwards, firewall.primary_backend)
+            findings.extend([*missing, *unexpected, *drop])
         statuses.append(
             NetworkStatus(
                 name=network.name,
@@ -250,14 +219,74 @@ def rule_findings(
                     {m.container.id for fam in expectation.members.values() for m in fam}
                 ),
                 expected_accept_rules=len(expected_rules) if not network.icc else 0,
-                missing_accept_rules=missing,
-                unexpected_accept_rules=unexpected,
+                missing_accept_rules=len(missing),
+                unexpected_accept_rules=len(unexpected),
             )
         )
     return findings, statuses
 
 
-def _stale_hosts(rule: Rule, network, addresses: set[str]) -> list[str]:
+def _missing_rules(
+    network: Network,
+    expected_rules: Iterable[ExpectedRule],
+    present: set[RuleIdentity],
+    primary: str | None,
+) -> list[Finding]:
+    """Docker's link rules that no FORWARD path of any backend holds."""
+    findings = []
+    for expected in expected_rules:
+        if rule_identity(expected.rule) in present:
+            continue
+        link = expected.link
+        findings.append(Finding(
+            MISSING_ACCEPT_RULE, network.name,
+            f"link {link.parent.container.name} -> {link.child.container.name} "
+            f"(alias {link.alias}) {link.port}: Docker's rule is missing",
+            containers=(link.parent.container.name, link.child.container.name),
+            protocol=link.port.protocol, port=link.port.port,
+            rule=f"-A DOCKER {expected.spec}",
+            restore=f"{iptables_command(primary)} -I DOCKER {expected.spec}",
+        ))  # fmt: skip
+    return findings
+
+
+def _unexpected_rules(
+    expectation: NetworkExpectation,
+    forwards: list[_Forward],
+    expected_ids: set[RuleIdentity],
+    ctx: MatchContext,
+) -> list[Finding]:
+    """ACCEPT rules on the FORWARD path that no link explains and that may match a packet
+    between two of the network's containers, or name a host of its subnets no container has."""
+    network = expectation.network
+    intra = _IntraBridge(expectation, ctx)
+    addresses = {str(m.address) for m in expectation.members.get("ipv4", ())}
+    findings = []
+    for forward in forwards:
+        command = iptables_command(forward.ruleset.backend)
+        for rule, identity in forward.accepts:
+            if identity in expected_ids:
+                continue
+            matched = intra.matched_members(rule)
+            stale = _stale_hosts(rule, network, addresses)
+            if matched is None and not stale:
+                continue
+            sources, targets = matched or ([], [])
+            kind = STALE_ACCEPT_RULE if stale else UNEXPECTED_ACCEPT_RULE
+            detail = (
+                f"ACCEPT for {', '.join(stale)} (no running container has that address)"
+                if stale
+                else "ACCEPT between containers that no link explains"
+            )
+            findings.append(Finding(
+                kind, network.name, f"{detail}: {rule.text}",
+                containers=_names([*sources, *targets]),
+                rule=rule.text, restore=f"{command} -D {rule.chain} {rule.spec}",
+            ))  # fmt: skip
+    return findings
+
+
+def _stale_hosts(rule: Rule, network: Network, addresses: set[str]) -> list[str]:
     """Host addresses a two-host rule names inside the network's subnets that no container has."""
     if not _names_address(rule) or any(m.module not in NEUTRAL_MATCHES for m in rule.matches):
         return []
