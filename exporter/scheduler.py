@@ -1,11 +1,12 @@
 """Run the check on a schedule and on Docker events, each under a deadline; publish every result.
 
 - `CheckScheduler`: an APScheduler BackgroundScheduler with one interval job (first run at once,
-  `max_instances=1`, `coalesce=True`). Each run calls `check_fn` in a daemon worker thread and
-  waits at most `timeout` seconds for it (`run_with_deadline`). A check that misses its deadline is
+  `max_instances=1`, `coalesce=True`). Each run calls `check_fn(progress)` in a daemon worker
+  thread and waits at most `timeout` seconds for it (`run_with_deadline`); the check writes into
+  that fresh `CheckProgress` the source it is reading. A check that misses its deadline is
   published as a failed report (`up=False`, `evaluated=False`, `errors=("check timed out after
-  Ns",)`, the hung source marked down when it can be told, else source "check") and its thread is
-  abandoned: nothing ever waits for it again, and its late result is discarded.
+  Ns",)`, the source named in its CheckProgress marked down, else source "check") and its thread
+  is abandoned: nothing ever waits for it again, and its late result is discarded.
 - While an abandoned check is still running, no new check starts (there is never more than one
   check thread). A check that hangs usually hangs on something shared (the Docker socket, the
   xtables lock), so a second one would hang too and pile up threads. Each skipped run logs one

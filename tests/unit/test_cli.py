@@ -78,6 +78,8 @@ class FakeRun:
         self.result = result
         self.files = files if files is not None else {"docker-version.json": "{}"}
         self.delay = delay
+        # The source the check says it is reading while it sleeps out `delay`.
+        self.hangs_in: str | None = None
         self.cfg = None
         self.calls: list[tuple[CheckConfig, object]] = []
 
@@ -87,6 +89,7 @@ class FakeRun:
 
     def run(self, check_config, files, progress):
         self.calls.append((check_config, files))
+        progress.source = self.hangs_in
         if self.delay:
             time.sleep(self.delay)
         return self.result, self.files
@@ -325,6 +328,17 @@ def test_check_json_shape():
         "count": 1,
         "family": "ipv4",
     }
+
+
+def test_check_timeout_names_the_source_the_check_is_in():
+    fake = FakeRun(report(), delay=3)
+    fake.hangs_in = "iptables"
+    code, out, _ = run_cli(["check", "--check.timeout", "200ms", "--format", "json"], fake)
+    assert code == 2
+    document = json.loads(out)
+    assert [(s["name"], s["up"], s["error"]) for s in document["sources"]] == [
+        ("iptables", False, "timed out after 0.2s")
+    ]
 
 
 def test_check_timeout_exits_2_quickly():
