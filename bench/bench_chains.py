@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from exporter.check import build_report  # noqa: E402
+from exporter.check import CheckInputs, build_report  # noqa: E402
 from exporter.config import CheckConfig  # noqa: E402
 from exporter.firewall.parse import parse_ebtables_save, parse_iptables_save  # noqa: E402
 from exporter.firewall.state import NftablesInfo  # noqa: E402
@@ -44,7 +44,7 @@ from exporter.model import (  # noqa: E402
     Network,
 )
 from exporter.report import SourceStatus  # noqa: E402
-from exporter.sources.firewall import IptablesRead  # noqa: E402
+from exporter.sources import SOURCE_NAMES, IptablesRead  # noqa: E402
 
 LAYOUT = ROOT / "tests" / "fixtures" / "layouts" / "docker28-icc-false-link.rules"
 # RFC 2544 benchmarking range: never a container's address.
@@ -60,7 +60,7 @@ def docker_state() -> DockerState:
     client = Container("id-client", "client",
                        endpoints=(Endpoint("id-bridge", ipv4=IPv4Address("172.17.0.3")),),
                        links=(Link("id-client", "id-web", "web"),))  # fmt: skip
-    return DockerState("bench", "1.41", (bridge,), (web, client))
+    return DockerState("bench", (bridge,), (web, client))
 
 
 def dump_with_chains(chains: int) -> str:
@@ -85,16 +85,16 @@ def decide(dump: str, state: DockerState) -> tuple[float, float, object, int]:
     began = time.perf_counter()
     ruleset = parse_iptables_save(dump, "ipv4", "nft")
     parsed = time.perf_counter()
-    values = {
-        "docker": state,
-        "settings": HostSettings(bridge_nf_call_iptables=1, bridge_nf_call_ip6tables=1,
-                                 ip_forward=1),
-        "iptables": IptablesRead("nft", (ruleset,)), "ip6tables": IptablesRead("nft", ()),
-        "ebtables": parse_ebtables_save("*filter\n:FORWARD ACCEPT\n"), "ipset": {},
-        "nftables": NftablesInfo(),
-    }  # fmt: skip
-    statuses = [SourceStatus(name, True, 0.0) for name in values]
-    report = build_report(values, statuses, CheckConfig(), time.time(), time.monotonic())
+    inputs = CheckInputs(
+        statuses=tuple(SourceStatus(name, True, 0.0) for name in SOURCE_NAMES),
+        docker=state,
+        settings=HostSettings(bridge_nf_call_iptables=1, bridge_nf_call_ip6tables=1,
+                              ip_forward=1),
+        iptables=IptablesRead("nft", (ruleset,)), ip6tables=IptablesRead("nft", ()),
+        ebtables=parse_ebtables_save("*filter\n:FORWARD ACCEPT\n"), ipset={},
+        nftables=NftablesInfo(),
+    )  # fmt: skip
+    report = build_report(inputs, CheckConfig(), time.time(), time.monotonic())
     return parsed - began, time.perf_counter() - parsed, report, ruleset.rule_count
 
 

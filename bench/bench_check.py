@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from exporter.check import build_report  # noqa: E402
+from exporter.check import CheckInputs, build_report  # noqa: E402
 from exporter.config import CheckConfig  # noqa: E402
 from exporter.firewall.parse import parse_ebtables_save, parse_iptables_save  # noqa: E402
 from exporter.firewall.state import NftablesInfo  # noqa: E402
@@ -32,7 +32,7 @@ from exporter.model import (  # noqa: E402
     Network,
 )
 from exporter.report import SourceStatus  # noqa: E402
-from exporter.sources.firewall import IptablesRead  # noqa: E402
+from exporter.sources import SOURCE_NAMES, IptablesRead  # noqa: E402
 
 HEAD = """*filter
 :INPUT ACCEPT [0:0]
@@ -74,7 +74,7 @@ def host(containers: int, links: int) -> tuple[DockerState, str]:
             common = "-i docker0 -o docker0 -p tcp -m tcp"
             rules.append(f"-A DOCKER -s {parent}/32 -d {child}/32 {common} --dport 80 -j ACCEPT")
             rules.append(f"-A DOCKER -s {child}/32 -d {parent}/32 {common} --sport 80 -j ACCEPT")
-    state = DockerState("bench", "1.41", (bridge,), tuple(made))
+    state = DockerState("bench", (bridge,), tuple(made))
     return state, HEAD + "\n".join(rules) + "\nCOMMIT\n"
 
 
@@ -91,15 +91,15 @@ def main() -> None:
         began = time.perf_counter()
         ruleset = parse_iptables_save(dump, "ipv4")
         parse_times.append(time.perf_counter() - began)
-        values = {
-            "docker": state, "settings": settings,
-            "iptables": IptablesRead("legacy", (ruleset,)), "ip6tables": IptablesRead("legacy", ()),
-            "ebtables": parse_ebtables_save("*filter\n:FORWARD ACCEPT\n"), "ipset": {},
-            "nftables": NftablesInfo(),
-        }  # fmt: skip
-        statuses = [SourceStatus(name, True, 0.0) for name in values]
+        inputs = CheckInputs(
+            statuses=tuple(SourceStatus(name, True, 0.0) for name in SOURCE_NAMES),
+            docker=state, settings=settings,
+            iptables=IptablesRead("legacy", (ruleset,)), ip6tables=IptablesRead("legacy", ()),
+            ebtables=parse_ebtables_save("*filter\n:FORWARD ACCEPT\n"), ipset={},
+            nftables=NftablesInfo(),
+        )  # fmt: skip
         began = time.perf_counter()
-        report = build_report(values, statuses, CheckConfig(), time.time(), time.monotonic())
+        report = build_report(inputs, CheckConfig(), time.time(), time.monotonic())
         times.append(time.perf_counter() - began)
     flows = sum(c.count for c in report.flow_counts)
     print(f"containers={args.containers} links={args.links} rules={ruleset.rule_count} "

@@ -1,53 +1,83 @@
-"""One check: read every source, decide, and return one immutable Report.
+"""One check: read every source into one CheckInputs, decide, and return one immutable Report.
 
-Reading (fetch) and deciding (build_report) are apart: an offline check of a snapshot parses the
-snapshot's files with the same sources and decides with the same code as a live check.
+Reading (`read_inputs`) and deciding (`build_report`) are apart: an offline check of a snapshot
+parses the snapshot's files with the same sources and decides with the same code as a live check.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from exporter.comparison import duplicate_findings, flow_findings, host_findings, rule_findings
 from exporter.config import CheckConfig
 from exporter.expectations import network_expectations, posture_findings
 from exporter.firewall.evaluate import PathInputs
 from exporter.firewall.parse import EBTABLES_NFT_TABLES, IPTABLES_NFT_TABLES
-from exporter.firewall.rules import Ruleset
-from exporter.firewall.state import FirewallState
+from exporter.firewall.rules import IPSet, Ruleset, docker_backend
+from exporter.firewall.state import FirewallState, NftablesInfo
 from exporter.flows import evaluate_flows
 from exporter.model import DockerState, HostSettings, Setting
 from exporter.report import Report, SourceStatus
+from exporter.sources import IptablesRead, Sources
 from exporter.sources.base import Source, SourceError
-from exporter.sources.firewall import IptablesRead
 
 log = logging.getLogger(__name__)
 
-# Without these two there is nothing to compare: no verdict at all.
-REQUIRED = ("docker", "iptables")
-DOCKER_CHAINS = ("DOCKER", "DOCKER-FORWARD", "DOCKER-USER")
+Parsed = TypeVar("Parsed")
 
 
-def run_check(
-    sources: Sequence[Source], config: CheckConfig, files: Mapping[str, str] | None = None
-) -> tuple[Report, dict[str, str]]:
-    """Fetch (or take `files` from a snapshot), parse, decide. Never raises for a failing source."""
-    started = time.time()
-    began = time.monotonic()
-    statuses: list[SourceStatus] = []
-    values: dict[str, Any] = {}
-    fetched: dict[str, str] = {}
-    for source in sources:
-        source_began = time.monotonic()
+class CheckProgress:
+    """Which source a running check is reading, for the one who waits on it (the scheduler).
+
+    The check thread writes `source` and the waiting thread reads it once the deadline passed: a
+    hung check is named by the source it is stuck in. One attribute, replaced whole (atomic in
+    CPython), so no lock is needed.
+    """
+
+    def __init__(self) -> None:
+        self.source: str | None = None
+
+
+@dataclass(frozen=True)
+class CheckInputs:
+    """Everything one check read: each source's parsed value (None when it failed, see its
+    status) and each source's status, in the order they were read."""
+
+    statuses: tuple[SourceStatus, ...] = ()
+    docker: DockerState | None = None
+    settings: HostSettings | None = None
+    iptables: IptablesRead | None = None
+    ip6tables: IptablesRead | None = None
+    ebtables: Ruleset | None = None
+    ipset: dict[str, IPSet] | None = None
+    nftables: NftablesInfo | None = None
+    # The raw files fetched (empty for a check of snapshot files): what `snapshot` writes.
+    fetched: dict[str, str] = field(default_factory=dict, compare=False)
+
+
+class _Reader:
+    """Reads sources one by one: fetch (or the snapshot's files), parse, record a status."""
+
+    def __init__(self, files: Mapping[str, str] | None, progress: CheckProgress) -> None:
+        self.files = files
+        self.progress = progress
+        self.statuses: list[SourceStatus] = []
+        self.fetched: dict[str, str] = {}
+
+    def read(self, source: Source[Parsed]) -> Parsed | None:
+        """The source's value, or None after recording why it failed. Never raises."""
+        self.progress.source = source.name
+        began = time.monotonic()
+        value: Parsed | None = None
         try:
-            raw = source.fetch() if files is None else files
-            if files is None:
-                fetched.update(raw)
-            values[source.name] = source.parse(raw)
+            raw = source.fetch() if self.files is None else self.files
+            if self.files is None:
+                self.fetched.update(raw)
+            value = source.parse(raw)
             error = None
         except SourceError as exc:
             error = str(exc)
@@ -56,19 +86,51 @@ def run_check(
             error = f"{source.name}: unexpected error: {exc}"
         if error:
             log.warning("source failed: %s", error, extra={"source": source.name})
-        statuses.append(
-            SourceStatus(source.name, error is None, time.monotonic() - source_began, error)
+        self.statuses.append(
+            SourceStatus(source.name, error is None, time.monotonic() - began, error)
         )
-    report = build_report(values, statuses, config, started, began)
-    return report, fetched
+        self.progress.source = None
+        return value
 
 
-# (source, nft family, save tool, the table names that tool prints from that family)
-NFT_DUMPS = (
-    ("iptables", "ip", "iptables-nft-save", IPTABLES_NFT_TABLES),
-    ("ip6tables", "ip6", "ip6tables-nft-save", IPTABLES_NFT_TABLES),
-    ("ebtables", "bridge", "ebtables-nft-save", EBTABLES_NFT_TABLES),
-)
+def read_inputs(
+    sources: Sources, files: Mapping[str, str] | None = None, progress: CheckProgress | None = None
+) -> CheckInputs:
+    """Fetch every source (or parse `files` from a snapshot). Never raises for a failing source."""
+    reader = _Reader(files, progress or CheckProgress())
+    # One keyword per source, in the order Sources lists them: each value keeps its parse type.
+    docker = reader.read(sources.docker)
+    settings = reader.read(sources.settings)
+    iptables = reader.read(sources.iptables)
+    ip6tables = reader.read(sources.ip6tables)
+    ebtables = reader.read(sources.ebtables)
+    ipset = reader.read(sources.ipset)
+    nftables = reader.read(sources.nftables)
+    return CheckInputs(
+        statuses=tuple(reader.statuses),
+        docker=docker,
+        settings=settings,
+        iptables=iptables,
+        ip6tables=ip6tables,
+        ebtables=ebtables,
+        ipset=ipset,
+        nftables=nftables,
+        fetched=reader.fetched,
+    )
+
+
+def run_check(
+    sources: Sources,
+    config: CheckConfig,
+    files: Mapping[str, str] | None = None,
+    progress: CheckProgress | None = None,
+) -> tuple[Report, dict[str, str]]:
+    """Fetch (or take `files` from a snapshot), parse, decide: the report and the raw files
+    fetched. Never raises for a failing source."""
+    started = time.time()
+    began = time.monotonic()
+    inputs = read_inputs(sources, files, progress)
+    return build_report(inputs, config, started, began), inputs.fetched
 
 
 def _nft_dump_tables(value: IptablesRead | Ruleset) -> frozenset[str] | None:
@@ -81,42 +143,46 @@ def _nft_dump_tables(value: IptablesRead | Ruleset) -> frozenset[str] | None:
     return frozenset(value.tables) if value.backend == "nft" else None
 
 
-def _check_dumps_against_nft(
-    values: Mapping[str, Any], statuses: Sequence[SourceStatus]
-) -> tuple[dict[str, Any], list[SourceStatus]]:
+def check_dumps_against_nft(inputs: CheckInputs) -> CheckInputs:
     """Drop a firewall source whose nft dump lacks a table nft lists, and mark it down.
 
     A save dump cut at a table boundary looks whole; iptables-nft-save also skips a native nft
     table with an iptables name. Either way a table the kernel holds would go unjudged, so the
     family is unreadable rather than judged on a part of its rules.
     """
-    values, statuses = dict(values), list(statuses)
-    nft = values.get("nftables")
-    if nft is None:
-        return values, statuses
-    listed = {tuple(label.split(" ", 1)) for label in nft.tables}
-    for source, family, tool, names in NFT_DUMPS:
-        printed = _nft_dump_tables(values[source]) if values.get(source) is not None else None
+    if inputs.nftables is None:
+        return inputs
+    listed = {tuple(label.split(" ", 1)) for label in inputs.nftables.tables}
+    # (source, its value, nft family, save tool, the table names that tool prints from that family)
+    dumps: tuple[tuple[str, IptablesRead | Ruleset | None, str, str, frozenset[str]], ...] = (
+        ("iptables", inputs.iptables, "ip", "iptables-nft-save", IPTABLES_NFT_TABLES),
+        ("ip6tables", inputs.ip6tables, "ip6", "ip6tables-nft-save", IPTABLES_NFT_TABLES),
+        ("ebtables", inputs.ebtables, "bridge", "ebtables-nft-save", EBTABLES_NFT_TABLES),
+    )
+    failed: dict[str, str] = {}
+    for source, value, family, tool, names in dumps:
+        printed = _nft_dump_tables(value) if value is not None else None
         if printed is None:
             continue
         wanted = sorted(table for fam, table in listed if fam == family and table in names)
         missing = [table for table in wanted if table not in printed]
-        if not missing:
-            continue
-        error = (
-            f"{source}: {tool} printed no table {', '.join(missing)} that nft lists: dump cut "
-            "short or table incompatible; no verdict from it"
-        )
-        del values[source]
-        statuses = [
-            replace(s, up=False, error=s.error or error) if s.name == source else s
-            for s in statuses
-        ]
-    return values, statuses
-
-
-def _has_docker_chains(ruleset: Ruleset) -> bool:
-    return any(ruleset.chain("filter", name) is not None for name in DOCKER_CHAINS)
+        if missing:
+            failed[source] = (
+                f"{source}: {tool} printed no table {', '.join(missing)} that nft lists: dump cut "
+                "short or table incompatible; no verdict from it"
+            )
+    if not failed:
+        return inputs
+    return replace(
+        inputs,
+        statuses=tuple(
+            replace(s, up=False, error=s.error or failed[s.name]) if s.name in failed else s
+            for s in inputs.statuses
+        ),
+        iptables=None if "iptables" in failed else inputs.iptables,
+        ip6tables=None if "ip6tables" in failed else inputs.ip6tables,
+        ebtables=None if "ebtables" in failed else inputs.ebtables,
+    )
 
 
 def _iptables_managed(
@@ -124,56 +190,39 @@ def _iptables_managed(
 ) -> Setting[bool | None]:
     if settings is not None and settings.iptables.value is not None:
         return settings.iptables
-    found = any(_has_docker_chains(r) for r in firewall.for_family("ipv4"))
-    return Setting(found, "inferred")
+    return Setting(docker_backend(firewall.for_family("ipv4")) is not None, "inferred")
 
 
-def build_report(
-    values: Mapping[str, Any],
-    statuses: Sequence[SourceStatus],
-    config: CheckConfig,
-    started: float,
-    began: float,
-) -> Report:
+def build_report(inputs: CheckInputs, config: CheckConfig, started: float, began: float) -> Report:
     """Decide from what the sources gave. Pure, apart from reading the clock for the duration."""
-    values, statuses = _check_dumps_against_nft(values, statuses)
+    inputs = check_dumps_against_nft(inputs)
+    statuses = inputs.statuses
     errors = tuple(s.error for s in statuses if s.error)
-    docker: DockerState | None = values.get("docker")
-    ipv4 = values.get("iptables")
+    docker, ipv4, ipv6 = inputs.docker, inputs.iptables, inputs.ip6tables
     if docker is None or ipv4 is None:
         return Report(
             started=started,
             duration_seconds=time.monotonic() - began,
-            sources=tuple(statuses),
+            sources=statuses,
             errors=errors or ("docker and iptables are needed for a verdict",),
         )
-    ipv6 = values.get("ip6tables")
     firewall = FirewallState(
         primary_backend=ipv4.primary,
-        rulesets=tuple(ipv4.rulesets) + (tuple(ipv6.rulesets) if ipv6 else ()),
-        bridge=values.get("ebtables"),
-        ipsets=values.get("ipset"),
-        nftables=values.get("nftables"),
+        rulesets=ipv4.rulesets + (ipv6.rulesets if ipv6 else ()),
+        bridge=inputs.ebtables,
+        ipsets=inputs.ipset,
+        nftables=inputs.nftables,
     )
-    settings: HostSettings | None = values.get("settings")
-    managed = _iptables_managed(settings, firewall)
-    if settings is not None:
-        settings = HostSettings(
-            iptables=managed,
-            ip6tables=settings.ip6tables,
-            icc=settings.icc,
-            bridge_nf_call_iptables=settings.bridge_nf_call_iptables,
-            bridge_nf_call_ip6tables=settings.bridge_nf_call_ip6tables,
-            ip_forward=settings.ip_forward,
-        )
-    inputs = PathInputs(
+    managed = _iptables_managed(inputs.settings, firewall)
+    settings = replace(inputs.settings, iptables=managed) if inputs.settings else None
+    path_inputs = PathInputs(
         firewall=firewall,
         call_iptables=settings.bridge_nf_call_iptables if settings else None,
         call_ip6tables=settings.bridge_nf_call_ip6tables if settings else None,
         unreadable=frozenset() if ipv6 is not None else frozenset({"ipv6"}),
     )
     expectations = network_expectations(docker)
-    flows, counts = evaluate_flows(expectations, inputs, config.all_flows)
+    flows, counts = evaluate_flows(expectations, path_inputs, config.all_flows)
     rules, networks = rule_findings(expectations, firewall)
     bridges = {e.network.bridge: e.network.name for e in expectations}
     findings = (
@@ -188,7 +237,7 @@ def build_report(
     return Report(
         started=started,
         duration_seconds=time.monotonic() - began,
-        sources=tuple(statuses),
+        sources=statuses,
         up=all(s.up for s in statuses),
         evaluated=True,
         docker_version=docker.version,

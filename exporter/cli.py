@@ -37,7 +37,7 @@ from typing import IO, Any, NoReturn
 from prometheus_client import CollectorRegistry
 
 from exporter import __version__
-from exporter.check import run_check
+from exporter.check import CheckProgress, run_check
 from exporter.collector import NetpolicyCollector
 from exporter.config import (
     CHECK_DEBOUNCE_RANGE,
@@ -65,13 +65,17 @@ from exporter.render import escape_text, format_json, format_text
 from exporter.report import Report
 from exporter.scheduler import CheckScheduler, DockerEventWatcher, run_with_deadline
 from exporter.sources import build_sources
+from exporter.sources.snapshot import read_snapshot, write_snapshot
 from exporter.webconfig import WebConfigError, WebConfigFile
 
 PROG = "docker-netpolicy-exporter"
 log = logging.getLogger(__name__)
 
-# (check config, snapshot files or None for a live fetch) -> (report, raw files fetched)
-RunCheck = Callable[[CheckConfig, Mapping[str, str] | None], tuple[Report, dict[str, str]]]
+# (check config, snapshot files or None for a live fetch, where the check records its source)
+# -> (report, raw files fetched)
+RunCheck = Callable[
+    [CheckConfig, Mapping[str, str] | None, CheckProgress], tuple[Report, dict[str, str]]
+]
 RunCheckFactory = Callable[[ExporterConfig], RunCheck]
 
 EXIT_OK = 0
@@ -349,9 +353,9 @@ def live_run_check(cfg: ExporterConfig) -> RunCheck:
     )
 
     def run(
-        check_config: CheckConfig, files: Mapping[str, str] | None
+        check_config: CheckConfig, files: Mapping[str, str] | None, progress: CheckProgress
     ) -> tuple[Report, dict[str, str]]:
-        return run_check(sources, check_config, files)
+        return run_check(sources, check_config, files, progress)
 
     return run
 
@@ -374,8 +378,8 @@ def _run_deadline(
 ) -> tuple[Report, dict[str, str] | None]:
     fetched: list[dict[str, str]] = []
 
-    def call() -> Report:
-        report, raw = run(check_config, files)
+    def call(progress: CheckProgress) -> Report:
+        report, raw = run(check_config, files, progress)
         fetched.append(raw)
         return report
 
@@ -386,9 +390,6 @@ def _run_deadline(
 def cmd_check(cfg: ExporterConfig, args: argparse.Namespace, run: RunCheck, stdout: IO[str]) -> int:
     files: Mapping[str, str] | None = None
     if args.snapshot:
-        # Imported when used, not at the top: tests put a fake snapshot module in its place.
-        from exporter.sources.snapshot import read_snapshot
-
         try:
             files = read_snapshot(args.snapshot)
         except Exception as exc:  # noqa: BLE001 - any unreadable snapshot is a one-line error
@@ -404,9 +405,6 @@ def cmd_check(cfg: ExporterConfig, args: argparse.Namespace, run: RunCheck, stdo
 def cmd_snapshot(
     cfg: ExporterConfig, args: argparse.Namespace, run: RunCheck, stdout: IO[str]
 ) -> int:
-    # Imported when used, not at the top: tests put a fake snapshot module in its place.
-    from exporter.sources.snapshot import write_snapshot
-
     report, files = _run_deadline(run, cfg.check_config(), None, cfg.check_timeout)
     if not files:
         reason = "; ".join(report.errors) or "no source returned anything"
@@ -491,7 +489,7 @@ def _serve(
     registry.register(NetpolicyCollector(latest))
     check_config = cfg.check_config()
     scheduler = CheckScheduler(
-        lambda: run(check_config, None)[0],
+        lambda progress: run(check_config, None, progress)[0],
         latest,
         interval=cfg.check_interval,
         timeout=cfg.check_timeout,

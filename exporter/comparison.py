@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
+from ipaddress import ip_network
 
-from exporter.expectations import ExpectedRule, Member, NetworkExpectation, rule_identity
+from exporter.expectations import ExpectedRule, Member, NetworkExpectation
 from exporter.firewall.matches import (
     ADDRESS_OPTIONS,
     MATCHERS,
@@ -21,9 +22,9 @@ from exporter.firewall.matches import (
     side_of,
 )
 from exporter.firewall.nft import unsupported as unsupported_nft
-from exporter.firewall.rules import Option, Rule, Ruleset
+from exporter.firewall.rules import Option, Rule, Ruleset, rule_identity
 from exporter.firewall.state import FirewallState
-from exporter.model import HostSettings
+from exporter.model import HostSettings, Network
 from exporter.report import (
     BLOCKED_LINK_FLOW,
     BRIDGE_NF_CALL_DISABLED,
@@ -41,6 +42,7 @@ from exporter.report import (
     Flow,
     NetworkStatus,
 )
+from exporter.verdict import Verdict
 
 # Matches a rule may carry and still be "a rule for these container addresses" we can judge.
 NEUTRAL_MATCHES = {"", "tcp", "udp", "sctp", "multiport", "comment", "conntrack", "state"}
@@ -90,7 +92,7 @@ class _Forward:
         self.ruleset = ruleset
         rules = list(_forward_rules(ruleset))
         # ACCEPT rules with their identity, in path order.
-        self.accepts = [(rule, _identity(rule)) for rule in rules if rule.target == "ACCEPT"]
+        self.accepts = [(rule, rule_identity(rule)) for rule in rules if rule.target == "ACCEPT"]
         self.accept_ids = {identity for _, identity in self.accepts}
         # Bridges with Docker's `-i B -o B -j DROP` (and no other builtin match).
         self.icc_drop_bridges = {bridge for rule in rules if (bridge := _icc_drop_bridge(rule))}
@@ -109,23 +111,6 @@ def _icc_drop_bridge(rule: Rule) -> str | None:
     if inbound is None or inbound != outbound or inbound[1] or len(inbound[0]) != 1:
         return None
     return inbound[0][0]
-
-
-def _identity(rule: Rule) -> tuple:
-    return rule_identity(
-        [(m.module, o.name, o.args, o.negated) for m in rule.matches for o in m.options],
-        rule.target or "",
-    )
-
-
-def _expected_identity(expected: ExpectedRule, ruleset: Ruleset) -> tuple | None:
-    """Parse the expected spec with the same parser so both sides compare alike."""
-    from exporter.firewall.parse import parse_iptables_save
-
-    text = f"*filter\n:DOCKER - [0:0]\n-A DOCKER {expected.spec}\nCOMMIT\n"
-    parsed = parse_iptables_save(text, "ipv4", ruleset.backend)
-    chain = parsed.chain("filter", "DOCKER")
-    return _identity(chain.rules[0]) if chain and chain.rules else None
 
 
 class _IntraBridge:
@@ -195,10 +180,16 @@ def _names_address(rule: Rule) -> bool:
     return sides == {"-s", "-d"}
 
 
+# A rule's identity (exporter.firewall.rules.rule_identity).
+RuleIdentity = tuple[frozenset[tuple[str, str, tuple[str, ...], bool]], str]
+
+
 def rule_findings(
     expectations: Iterable[NetworkExpectation],
     firewall: FirewallState,
 ) -> tuple[list[Finding], list[NetworkStatus]]:
+    """Per icc-disabled network: Docker's link rules that are missing, ACCEPT rules between its
+    containers that no link explains, and its missing DROP; one NetworkStatus per network."""
     findings: list[Finding] = []
     statuses: list[NetworkStatus] = []
     rulesets = [
@@ -208,55 +199,18 @@ def rule_findings(
     ]
     ctx = MatchContext(firewall.ipsets)
     forwards = [_Forward(ruleset) for ruleset in rulesets]
-    present: set[tuple] = set().union(*(forward.accept_ids for forward in forwards))
+    present: set[RuleIdentity] = set().union(*(forward.accept_ids for forward in forwards))
     for expectation in expectations:
         network = expectation.network
-        members = expectation.members.get("ipv4", ())
         expected_rules = expectation.expected_rules()
-        missing = unexpected = 0
+        missing: list[Finding] = []
+        unexpected: list[Finding] = []
         if not network.icc:
-            expected_ids = set()
-            for expected in expected_rules:
-                identity = _expected_identity(expected, rulesets[0]) if rulesets else None
-                expected_ids.add(identity)
-                if identity not in present:
-                    missing += 1
-                    link = expected.link
-                    findings.append(Finding(
-                        MISSING_ACCEPT_RULE, network.name,
-                        f"link {link.parent.container.name} -> {link.child.container.name} "
-                        f"(alias {link.alias}) {link.port}: Docker's rule is missing",
-                        containers=(link.parent.container.name, link.child.container.name),
-                        protocol=link.port.protocol, port=link.port.port,
-                        rule=f"-A DOCKER {expected.spec}",
-                        restore=f"{iptables_command(firewall.primary_backend)} -I DOCKER "
-                        f"{expected.spec}",
-                    ))  # fmt: skip
-            intra = _IntraBridge(expectation, ctx)
-            addresses = {str(m.address) for m in members}
-            for forward in forwards:
-                command = iptables_command(forward.ruleset.backend)
-                for rule, identity in forward.accepts:
-                    if identity in expected_ids:
-                        continue
-                    matched = intra.matched_members(rule)
-                    stale = _stale_hosts(rule, network, addresses)
-                    if matched is None and not stale:
-                        continue
-                    unexpected += 1
-                    sources, targets = matched or ([], [])
-                    kind = STALE_ACCEPT_RULE if stale else UNEXPECTED_ACCEPT_RULE
-                    detail = (
-                        f"ACCEPT for {', '.join(stale)} (no running container has that address)"
-                        if stale
-                        else "ACCEPT between containers that no link explains"
-                    )
-                    findings.append(Finding(
-                        kind, network.name, f"{detail}: {rule.text}",
-                        containers=_names([*sources, *targets]),
-                        rule=rule.text, restore=f"{command} -D {rule.chain} {rule.spec}",
-                    ))  # fmt: skip
-            findings.extend(_icc_drop_findings(expectation, forwards, firewall.primary_backend))
+            missing = _missing_rules(network, expected_rules, present, firewall.primary_backend)
+            expected_ids = {rule_identity(e.rule) for e in expected_rules}
+            unexpected = _unexpected_rules(expectation, forwards, expected_ids, ctx)
+            drop = _icc_drop_findings(expectation, forwards, firewall.primary_backend)
+            findings.extend([*missing, *unexpected, *drop])
         statuses.append(
             NetworkStatus(
                 name=network.name,
@@ -266,19 +220,77 @@ def rule_findings(
                     {m.container.id for fam in expectation.members.values() for m in fam}
                 ),
                 expected_accept_rules=len(expected_rules) if not network.icc else 0,
-                missing_accept_rules=missing,
-                unexpected_accept_rules=unexpected,
+                missing_accept_rules=len(missing),
+                unexpected_accept_rules=len(unexpected),
             )
         )
     return findings, statuses
 
 
-def _stale_hosts(rule: Rule, network, addresses: set[str]) -> list[str]:
+def _missing_rules(
+    network: Network,
+    expected_rules: Iterable[ExpectedRule],
+    present: set[RuleIdentity],
+    primary: str | None,
+) -> list[Finding]:
+    """Docker's link rules that no FORWARD path of any backend holds."""
+    findings = []
+    for expected in expected_rules:
+        if rule_identity(expected.rule) in present:
+            continue
+        link = expected.link
+        findings.append(Finding(
+            MISSING_ACCEPT_RULE, network.name,
+            f"link {link.parent.container.name} -> {link.child.container.name} "
+            f"(alias {link.alias}) {link.port}: Docker's rule is missing",
+            containers=(link.parent.container.name, link.child.container.name),
+            protocol=link.port.protocol, port=link.port.port,
+            rule=f"-A DOCKER {expected.spec}",
+            restore=f"{iptables_command(primary)} -I DOCKER {expected.spec}",
+        ))  # fmt: skip
+    return findings
+
+
+def _unexpected_rules(
+    expectation: NetworkExpectation,
+    forwards: list[_Forward],
+    expected_ids: set[RuleIdentity],
+    ctx: MatchContext,
+) -> list[Finding]:
+    """ACCEPT rules on the FORWARD path that no link explains and that may match a packet
+    between two of the network's containers, or name a host of its subnets no container has."""
+    network = expectation.network
+    intra = _IntraBridge(expectation, ctx)
+    addresses = {str(m.address) for m in expectation.members.get("ipv4", ())}
+    findings = []
+    for forward in forwards:
+        command = iptables_command(forward.ruleset.backend)
+        for rule, identity in forward.accepts:
+            if identity in expected_ids:
+                continue
+            matched = intra.matched_members(rule)
+            stale = _stale_hosts(rule, network, addresses)
+            if matched is None and not stale:
+                continue
+            sources, targets = matched or ([], [])
+            kind = STALE_ACCEPT_RULE if stale else UNEXPECTED_ACCEPT_RULE
+            detail = (
+                f"ACCEPT for {', '.join(stale)} (no running container has that address)"
+                if stale
+                else "ACCEPT between containers that no link explains"
+            )
+            findings.append(Finding(
+                kind, network.name, f"{detail}: {rule.text}",
+                containers=_names([*sources, *targets]),
+                rule=rule.text, restore=f"{command} -D {rule.chain} {rule.spec}",
+            ))  # fmt: skip
+    return findings
+
+
+def _stale_hosts(rule: Rule, network: Network, addresses: set[str]) -> list[str]:
     """Host addresses a two-host rule names inside the network's subnets that no container has."""
     if not _names_address(rule) or any(m.module not in NEUTRAL_MATCHES for m in rule.matches):
         return []
-    from ipaddress import ip_network
-
     stale = []
     for option in rule.options(""):
         if option.name not in ("-s", "-d") or len(option.args) != 1:
@@ -413,9 +425,9 @@ def flow_findings(flows: Iterable[Flow]) -> list[Finding]:
         if flow.expected == flow.actual:
             continue
         port = f"{flow.protocol}/{flow.port}" if flow.port is not None else f"{flow.protocol} probe"
-        if flow.actual == "unknown":
+        if flow.actual == Verdict.UNKNOWN:
             kind, what = UNKNOWN_FLOW, f"verdict unknown ({flow.reason})"
-        elif flow.expected == "deny":
+        elif flow.expected == Verdict.DENY:
             kind, what = ISOLATION_BREACH, f"allowed but must be denied ({flow.reason})"
         else:
             kind, what = BLOCKED_LINK_FLOW, f"link flow denied ({flow.reason})"

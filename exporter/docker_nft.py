@@ -223,7 +223,8 @@ def docker_nft_findings(
     for expectation in expectations:
         network = expectation.network
         families = ["ipv4"]
-        if network.enable_ipv6 and f"ip6 {TABLE}" in nft.docker_tables:
+        ipv6 = any(subnet.version == 6 for subnet in network.subnets)
+        if ipv6 and f"ip6 {TABLE}" in nft.docker_tables:
             families.append("ipv6")
         for family in families:
             findings.extend(_network_findings(expectation, family, nft))

@@ -10,8 +10,8 @@ only (on user-defined networks --link only adds a DNS alias) and for IPv4 only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import ip_network
 
+from exporter.firewall.rules import Match, Option, Rule, built_rule
 from exporter.model import Container, DockerState, ExposedPort, IPAddress, Network
 from exporter.report import ICC_POSTURE, IPTABLES_POSTURE, Finding
 
@@ -34,10 +34,15 @@ class LinkFlow:
 
 @dataclass(frozen=True)
 class ExpectedRule:
-    """One ACCEPT rule Docker writes for a link, in the form iptables-save prints it."""
+    """One ACCEPT rule Docker writes for a link, as a rule value in chain DOCKER."""
 
     link: LinkFlow
-    spec: str
+    rule: Rule
+
+    @property
+    def spec(self) -> str:
+        """The rule without `-A DOCKER`, as iptables-save prints it (for `-I`/`-D` commands)."""
+        return self.rule.spec
 
 
 @dataclass(frozen=True)
@@ -54,25 +59,27 @@ class NetworkExpectation:
 
 def link_rules(link: LinkFlow, bridge: str) -> tuple[ExpectedRule, ExpectedRule]:
     """The pair Docker's (*ChainInfo).Link writes: parent -> child:port, and the reply rule."""
-    proto = link.port.protocol
     parent, child = link.parent.address, link.child.address
-    common = f"-i {bridge} -o {bridge} -p {proto} -m {proto}"
-    forward = f"-s {parent}/32 -d {child}/32 {common} --dport {link.port.port} -j ACCEPT"
-    reverse = f"-s {child}/32 -d {parent}/32 {common} --sport {link.port.port} -j ACCEPT"
-    return ExpectedRule(link, forward), ExpectedRule(link, reverse)
+    return (
+        ExpectedRule(link, _link_rule(f"{parent}/32", f"{child}/32", bridge, link.port, "--dport")),
+        ExpectedRule(link, _link_rule(f"{child}/32", f"{parent}/32", bridge, link.port, "--sport")),
+    )
 
 
-def rule_identity(spec_options: list[tuple[str, str, tuple[str, ...], bool]], target: str) -> tuple:
-    """A rule's meaning regardless of how a tool printed it (order, /32 or not)."""
-    normalized = []
-    for module, name, args, negated in spec_options:
-        if name in ("-s", "-d") and len(args) == 1:
-            try:
-                args = (str(ip_network(args[0], strict=False)),)
-            except ValueError:
-                pass
-        normalized.append((module, name, args, negated))
-    return (frozenset(normalized), target)
+def _link_rule(source: str, target: str, bridge: str, port: ExposedPort, side: str) -> Rule:
+    """`-s S -d T -i B -o B -p PROTO -m PROTO --dport|--sport PORT -j ACCEPT` in chain DOCKER."""
+    builtin = Match(
+        "",
+        (
+            Option("-s", (source,)),
+            Option("-d", (target,)),
+            Option("-i", (bridge,)),
+            Option("-o", (bridge,)),
+            Option("-p", (port.protocol,)),
+        ),
+    )
+    ports = Match(port.protocol, (Option(side, (str(port.port),)),))
+    return built_rule("DOCKER", (builtin, ports), "ACCEPT")
 
 
 def network_expectations(state: DockerState) -> tuple[NetworkExpectation, ...]:

@@ -37,7 +37,6 @@ from exporter.firewall.rules import Rule, Ruleset
 from exporter.model import ExposedPort, IPAddress
 from exporter.report import Flow, FlowCount
 
-PROBE = "probe"
 PORT_OPTIONS = {"--dport", "--sport", "--dports", "--sports", "--ports", "--destination-port",
                 "--source-port", "--destination-ports", "--source-ports", "--ip-dport",
                 "--ip-sport", "--ip6-dport", "--ip6-sport"}  # fmt: skip
@@ -319,10 +318,10 @@ class NetworkFlows:
                 return decision
         return decisions[0]
 
-    def _expected(self, source: Member, target: Member, probe: Probe) -> tuple[str, str]:
-        """("allow"|"deny", link alias or "")."""
+    def _expected(self, source: Member, target: Member, probe: Probe) -> tuple[Verdict, str]:
+        """(ALLOW or DENY, link alias or "")."""
         if self.network.icc:
-            return "allow", ""
+            return Verdict.ALLOW, ""
         link = (
             self.links.get(
                 (source.container.id, target.container.id, ExposedPort(probe.port, probe.protocol))  # type: ignore[arg-type]
@@ -330,7 +329,7 @@ class NetworkFlows:
             if probe.exposed
             else None
         )
-        return ("allow", link.alias) if link else ("deny", "")
+        return (Verdict.ALLOW, link.alias) if link else (Verdict.DENY, "")
 
     def _flow(self, source: Member, target: Member, probe: Probe, decision: Decision) -> Flow:
         expected, alias = self._expected(source, target, probe)
@@ -340,8 +339,8 @@ class NetworkFlows:
             target=target.container.name,
             protocol=probe.protocol,
             port=probe.port if probe.exposed else None,
-            expected=expected,  # type: ignore[arg-type]
-            actual=decision.verdict.value,  # type: ignore[arg-type]
+            expected=expected,
+            actual=decision.verdict,
             family=self.family,
             alias=alias,
             reason=decision.reason,

@@ -71,16 +71,15 @@ class Network:
     name: str
     bridge: str
     icc: bool
+    # Docker 29's nftables backend writes another ICC rule layout for internal networks.
     internal: bool = False
     default_bridge: bool = False
     subnets: tuple[IPNetwork, ...] = ()
-    enable_ipv6: bool = False
 
 
 @dataclass(frozen=True)
 class DockerState:
     version: str
-    api_version: str
     networks: tuple[Network, ...] = ()
     # Running containers only.
     containers: tuple[Container, ...] = ()

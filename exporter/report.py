@@ -7,12 +7,9 @@ scrape during a check sees the previous complete result, never a half-built one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 from exporter.model import HostSettings
-
-Expected = Literal["allow", "deny"]
-Actual = Literal["allow", "deny", "unknown"]
+from exporter.verdict import Verdict
 
 # Finding kinds: a public contract (metrics labels, alerts, JSON).
 MISSING_ACCEPT_RULE = "missing_accept_rule"
@@ -96,8 +93,10 @@ class Flow:
     protocol: str
     # None for a probe flow to a target that exposes nothing (a port no rule singles out).
     port: int | None
-    expected: Expected
-    actual: Actual
+    # ALLOW or DENY: what Docker's declared state asks.
+    expected: Verdict
+    # What the kernel does (UNKNOWN when it cannot be told).
+    actual: Verdict
     family: str = "ipv4"
     # The link alias when a legacy link declares this flow, else "".
     alias: str = ""
@@ -112,8 +111,8 @@ class Flow:
 @dataclass(frozen=True)
 class FlowCount:
     network: str
-    expected: Expected
-    actual: Actual
+    expected: Verdict
+    actual: Verdict
     count: int
     family: str = "ipv4"
 
@@ -175,7 +174,7 @@ class Report:
 
     @property
     def unknown_flows(self) -> int:
-        return sum(c.count for c in self.flow_counts if c.actual == "unknown")
+        return sum(c.count for c in self.flow_counts if c.actual == Verdict.UNKNOWN)
 
     def network_totals(self) -> tuple[NetworkFlowTotals, ...]:
         """Per network (every network of the report, then any only the counts name), in order."""
@@ -188,11 +187,11 @@ class Report:
         }
         for c in self.flow_counts:
             bucket = sums[c.network]
-            if c.actual == "unknown":
+            if c.actual == Verdict.UNKNOWN:
                 bucket["unknown"] += c.count
             elif c.expected == c.actual:
                 bucket[c.actual] += c.count
-            elif c.expected == "deny":
+            elif c.expected == Verdict.DENY:
                 bucket["breach"] += c.count
             else:
                 bucket["blocked"] += c.count

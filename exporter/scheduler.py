@@ -1,11 +1,12 @@
 """Run the check on a schedule and on Docker events, each under a deadline; publish every result.
 
 - `CheckScheduler`: an APScheduler BackgroundScheduler with one interval job (first run at once,
-  `max_instances=1`, `coalesce=True`). Each run calls `check_fn` in a daemon worker thread and
-  waits at most `timeout` seconds for it (`run_with_deadline`). A check that misses its deadline is
+  `max_instances=1`, `coalesce=True`). Each run calls `check_fn(progress)` in a daemon worker
+  thread and waits at most `timeout` seconds for it (`run_with_deadline`); the check writes into
+  that fresh `CheckProgress` the source it is reading. A check that misses its deadline is
   published as a failed report (`up=False`, `evaluated=False`, `errors=("check timed out after
-  Ns",)`, the hung source marked down when it can be told, else source "check") and its thread is
-  abandoned: nothing ever waits for it again, and its late result is discarded.
+  Ns",)`, the source named in its CheckProgress marked down, else source "check") and its thread
+  is abandoned: nothing ever waits for it again, and its late result is discarded.
 - While an abandoned check is still running, no new check starts (there is never more than one
   check thread). A check that hangs usually hangs on something shared (the Docker socket, the
   xtables lock), so a second one would hang too and pile up threads. Each skipped run logs one
@@ -26,14 +27,17 @@
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from types import FrameType
 from typing import Any, Protocol
 
+import docker
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from exporter.check import CheckProgress
 from exporter.latest import Latest
 from exporter.report import Report, SourceStatus
 
@@ -42,7 +46,8 @@ log = logging.getLogger(__name__)
 JOB_ID = "check"
 # How soon a check's wait notices that the scheduler is shutting down.
 CANCEL_POLL_SECONDS = 0.05
-CheckFn = Callable[[], Report]
+# A check: it records in the CheckProgress which source it reads, so an overrun names it.
+CheckFn = Callable[[CheckProgress], Report]
 
 
 def _failed_report(started: float, elapsed: float, source: str, error: str, message: str) -> Report:
@@ -56,25 +61,6 @@ def _failed_report(started: float, elapsed: float, source: str, error: str, mess
     )
 
 
-def _hung_source(thread: threading.Thread) -> str | None:
-    """The name of the source whose fetch() the thread is inside, if its stack shows one.
-
-    Duck-typed (a frame of a method named `fetch` whose `self` has a string `name`), so it needs
-    no import of the sources package. Only the check's own thread is inspected: a source run on
-    another thread is not found, and the caller falls back to "check".
-    """
-    if thread.ident is None:
-        return None
-    frame: FrameType | None = sys._current_frames().get(thread.ident)
-    while frame is not None:
-        if frame.f_code.co_name == "fetch":
-            name = getattr(frame.f_locals.get("self"), "name", None)
-            if isinstance(name, str) and name:
-                return name
-        frame = frame.f_back
-    return None
-
-
 def run_with_deadline(
     check_fn: CheckFn,
     timeout: float,
@@ -85,17 +71,19 @@ def run_with_deadline(
     """Run check_fn in a daemon thread and wait at most `timeout` seconds, or until `cancel`.
 
     Returns the report and, when the deadline passed or the wait was cancelled, the abandoned
-    thread (still running). An exception from check_fn becomes a failed report; this function
-    never raises for it.
+    thread (still running); its failed report names the source the check was reading then
+    (its CheckProgress), else "check". An exception from check_fn becomes a failed report; this
+    function never raises for it.
     """
     started = clock()
     result: list[Report] = []
     failure: list[BaseException] = []
     done = threading.Event()
+    progress = CheckProgress()
 
     def work() -> None:
         try:
-            result.append(check_fn())
+            result.append(check_fn(progress))
         except BaseException as exc:  # noqa: BLE001 - any failure becomes a failed report
             failure.append(exc)
         finally:
@@ -106,7 +94,7 @@ def run_with_deadline(
     cancelled = _wait(done, timeout, cancel)
     elapsed = max(0.0, clock() - started)
     if not done.is_set():
-        source = _hung_source(worker) or "check"
+        source = progress.source or "check"
         if cancelled:
             error = "cancelled: the exporter is stopping"
         else:
@@ -172,9 +160,6 @@ class CheckScheduler:
         debounce: float = 2.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        from apscheduler.executors.pool import ThreadPoolExecutor
-        from apscheduler.schedulers.background import BackgroundScheduler
-
         self._check_fn = check_fn
         self._latest = latest
         self.interval = interval
@@ -340,8 +325,6 @@ class EventClient(Protocol):
 
 def _docker_client_factory(docker_host: str, docker_timeout: float) -> Callable[[], EventClient]:
     def factory() -> EventClient:
-        import docker
-
         client: EventClient = docker.APIClient(
             base_url=docker_host, version="auto", timeout=docker_timeout
         )

@@ -144,7 +144,7 @@ def soak(args: argparse.Namespace, workdir: Path) -> int:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(NetpolicyCollector(latest))
         scheduler = CheckScheduler(
-            lambda: run_check(sources, config)[0],
+            lambda progress: run_check(sources, config, None, progress)[0],
             latest,
             interval=1.0 / args.rate,
             timeout=5.0,

@@ -142,14 +142,6 @@ class Container:
     def __str__(self) -> str:
         return self.name
 
-    @property
-    def tcp_ports(self) -> tuple[int, ...]:
-        return tuple(p for p, proto in self.expose if proto == "tcp")
-
-    @property
-    def udp_ports(self) -> tuple[int, ...]:
-        return tuple(p for p, proto in self.expose if proto == "udp")
-
 
 @dataclass
 class Timings:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 from heapq import merge
 
 from exporter.firewall.matches import (
@@ -39,6 +38,7 @@ from exporter.firewall.nft import (
 from exporter.firewall.rules import Chain, Rule, Ruleset
 from exporter.firewall.state import FirewallState, NftablesInfo
 from exporter.model import IPAddress
+from exporter.verdict import Verdict
 
 
 @dataclass(frozen=True)
@@ -82,10 +82,6 @@ XTABLES_STAGES: tuple[Stage, ...] = (
     Stage("postrouting", "ip", -150, "mangle", "POSTROUTING"),
     Stage("postrouting", "ip", 100, "nat", "POSTROUTING"),
 )
-# The x_tables stages as (family kind, table, chain), in the order a bridged packet meets them.
-STAGES: tuple[tuple[str, str, str], ...] = tuple(
-    (s.layer, s.table, s.chain) for s in sorted(XTABLES_STAGES, key=Stage.order)
-)
 # Native chain families by the packet family they see.
 NFT_FAMILIES = {"ipv4": ("ip", "inet"), "ipv6": ("ip6", "inet")}
 # Only a connection's first packet passes the nat table.
@@ -109,12 +105,6 @@ OPTIONLESS_MODULES = frozenset({"", "tcp", "udp", "sctp", "udplite", "dccp", "ic
 MAX_DEPTH = 64
 # x_tables targets that set the packet's mark: after them a native mark match is undecidable.
 MARK_TARGETS = {"MARK", "CONNMARK", "mark"}
-
-
-class Verdict(StrEnum):
-    ALLOW = "allow"
-    DENY = "deny"
-    UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True)

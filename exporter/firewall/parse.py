@@ -519,7 +519,6 @@ class _DumpBuilder:
     warnings: list[str] = field(default_factory=list)
     headers: list[str] = field(default_factory=list)
     table: str | None = None
-    table_line: int = 0
     committed: bool = True
     # The last table opened, and whether a `# Completed` line followed its end.
     last_table: str | None = None
@@ -538,7 +537,7 @@ class _DumpBuilder:
             self.unknown_line(number, text, "table header without a name")
             return
         self._close_uncommitted(number)
-        self.table, self.table_line, self.committed = name, number, False
+        self.table, self.committed = name, False
         self.last_table, self.completed = name, False
         self.tables.setdefault(name, {})
 

@@ -8,11 +8,17 @@ interpreted here; the evaluator decides which ones it understands.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from ipaddress import ip_network
 from typing import Literal
 
 Family = Literal["ipv4", "ipv6", "bridge"]
 Backend = Literal["nft", "legacy"]
+
+# The chains dockerd creates in table filter (DOCKER-FORWARD since Docker 28): the backend whose
+# ruleset holds one of them is the one dockerd writes to.
+DOCKER_CHAINS = ("DOCKER", "DOCKER-FORWARD", "DOCKER-USER")
 
 
 @dataclass(frozen=True)
@@ -23,6 +29,9 @@ class Option:
     args: tuple[str, ...] = ()
     negated: bool = False
 
+    def __str__(self) -> str:
+        return " ".join(("!", self.name, *self.args) if self.negated else (self.name, *self.args))
+
 
 @dataclass(frozen=True)
 class Match:
@@ -30,6 +39,10 @@ class Match:
 
     module: str
     options: tuple[Option, ...] = ()
+
+    def __str__(self) -> str:
+        words = [str(option) for option in self.options]
+        return " ".join([f"-m {self.module}", *words] if self.module else words)
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,29 @@ class Rule:
             if module is None or match.module == module
             for option in match.options
         )
+
+
+def built_rule(chain: str, matches: tuple[Match, ...], target: str) -> Rule:
+    """A rule made here rather than read from a dump (what Docker must have written), with its
+    text as iptables-save prints it, so it reads like the rules of a dump."""
+    words = [f"-A {chain}", *(str(match) for match in matches), f"-j {target}"]
+    return Rule(chain, 0, " ".join(words), matches, target)
+
+
+def rule_identity(rule: Rule) -> tuple[frozenset[tuple[str, str, tuple[str, ...], bool]], str]:
+    """A rule's meaning regardless of how a tool printed it (option order, /32 or not): two rules
+    with the same identity match the same packets and do the same to them."""
+    options = set()
+    for match in rule.matches:
+        for option in match.options:
+            args = option.args
+            if option.name in ("-s", "-d") and len(args) == 1:
+                try:
+                    args = (str(ip_network(args[0], strict=False)),)
+                except ValueError:
+                    pass  # a name, kept as printed: it can only equal itself
+            options.add((match.module, option.name, args, option.negated))
+    return frozenset(options), rule.target or ""
 
 
 @dataclass(frozen=True)
@@ -128,3 +164,13 @@ class IPSet:
     type: str
     family: str  # "inet" or "inet6"
     members: tuple[str, ...] = ()
+
+
+def holds_docker_chains(ruleset: Ruleset) -> bool:
+    return any(ruleset.chain("filter", name) is not None for name in DOCKER_CHAINS)
+
+
+def docker_backend(rulesets: Iterable[Ruleset]) -> Backend | None:
+    """The backend of the first ruleset holding Docker's chains; None when none does (dockerd runs
+    with --iptables=false, or its rules were flushed)."""
+    return next((r.backend for r in rulesets if holds_docker_chains(r)), None)

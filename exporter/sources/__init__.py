@@ -4,6 +4,13 @@ file layout."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+
+from exporter.config import DEFAULT_PROCFS
+from exporter.firewall.rules import IPSet, Ruleset
+from exporter.firewall.state import NftablesInfo
+from exporter.model import DockerState, HostSettings
 from exporter.sources.base import Source, SourceError
 from exporter.sources.docker import DockerSource
 from exporter.sources.firewall import (
@@ -22,11 +29,43 @@ __all__ = [
     "IptablesRead",
     "IptablesSource",
     "NftablesSource",
+    "SOURCE_NAMES",
     "SettingsSource",
     "Source",
     "SourceError",
+    "Sources",
     "build_sources",
 ]
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Every source a check reads, one typed field each, in the order a check reads them."""
+
+    docker: Source[DockerState]
+    settings: Source[HostSettings]
+    iptables: Source[IptablesRead]
+    ip6tables: Source[IptablesRead]
+    ebtables: Source[Ruleset]
+    ipset: Source[dict[str, IPSet]]
+    nftables: Source[NftablesInfo]
+
+    def __iter__(self) -> Iterator[Source[object]]:
+        return iter(
+            (
+                self.docker,
+                self.settings,
+                self.iptables,
+                self.ip6tables,
+                self.ebtables,
+                self.ipset,
+                self.nftables,
+            )
+        )
+
+
+# Each source's name, which is also its field in Sources and in CheckInputs.
+SOURCE_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Sources))
 
 
 def build_sources(
@@ -35,16 +74,17 @@ def build_sources(
     docker_timeout: float,
     iptables_backend: str,
     timeout: float,
-    procfs: str = "/proc",
+    procfs: str = DEFAULT_PROCFS,
     daemon_config: str | None = None,
-) -> list[Source]:
-    """Every source, in the order a check reads them."""
-    return [
-        DockerSource(docker_host, docker_timeout),
-        SettingsSource(procfs, daemon_config, docker_host, timeout),
-        IptablesSource("ipv4", iptables_backend, timeout, procfs=procfs),  # type: ignore[arg-type]
-        IptablesSource("ipv6", iptables_backend, timeout, procfs=procfs),  # type: ignore[arg-type]
-        EbtablesSource(timeout),
-        IpsetSource(timeout),
-        NftablesSource(timeout),
-    ]
+) -> Sources:
+    """Every source, as the exporter's flags configure them."""
+    return Sources(
+        docker=DockerSource(docker_host, docker_timeout),
+        settings=SettingsSource(procfs, daemon_config, docker_host),
+        # IptablesSource refuses a backend it does not know; the flag's choices are the same.
+        iptables=IptablesSource("ipv4", iptables_backend, timeout, procfs=procfs),  # type: ignore[arg-type]
+        ip6tables=IptablesSource("ipv6", iptables_backend, timeout, procfs=procfs),  # type: ignore[arg-type]
+        ebtables=EbtablesSource(timeout),
+        ipset=IpsetSource(timeout),
+        nftables=NftablesSource(timeout),
+    )

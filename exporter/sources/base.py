@@ -19,7 +19,7 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Collection, Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar
 
 # Where the firewall tools live on Debian; a non-root PATH often lacks them.
 SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
@@ -36,8 +36,11 @@ class SourceError(Exception):
         super().__init__(" ".join(message.split()))
 
 
-@runtime_checkable
-class Source(Protocol):
+# What a source's parse returns (DockerState, IptablesRead, ...).
+Parsed = TypeVar("Parsed", covariant=True)
+
+
+class Source(Protocol[Parsed]):
     # "docker", "settings", "iptables", "ip6tables", "ebtables", "ipset", "nftables"
     name: str
 
@@ -45,7 +48,7 @@ class Source(Protocol):
         """Talk to the world; return raw files {snapshot file name: text}."""
         ...
 
-    def parse(self, files: Mapping[str, str]) -> object:
+    def parse(self, files: Mapping[str, str]) -> Parsed:
         """Pure: raw files to model values; SourceError when a needed file is missing/garbled."""
         ...
 

@@ -31,6 +31,10 @@ from collections.abc import Mapping
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from typing import Any
 
+import docker
+from docker.utils import kwargs_from_env
+
+from exporter.config import DEFAULT_DOCKER_HOST
 from exporter.model import Container, DockerState, Endpoint, ExposedPort, Link, Network
 from exporter.sources.base import SourceError, parse_go_bool, require
 
@@ -38,8 +42,6 @@ VERSION_FILE = "docker-version.json"
 NETWORKS_FILE = "docker-networks.json"
 CONTAINERS_FILE = "docker-containers.json"
 INSPECT_FILE = "docker-inspect.json"
-
-DEFAULT_HOST = "unix:///var/run/docker.sock"
 
 _OPT_BRIDGE_NAME = "com.docker.network.bridge.name"
 _OPT_ICC = "com.docker.network.bridge.enable_icc"
@@ -73,15 +75,10 @@ class DockerSource:
     def _host(self) -> str:
         if self.base_url:
             return self.base_url
-        from docker.utils import kwargs_from_env
-
-        return kwargs_from_env().get("base_url") or DEFAULT_HOST
+        return kwargs_from_env().get("base_url") or DEFAULT_DOCKER_HOST
 
     def _connect(self) -> Any:
         if self._client is None:
-            import docker
-            from docker.utils import kwargs_from_env
-
             kwargs: dict[str, Any] = {} if self.base_url else kwargs_from_env()
             if self.base_url:
                 kwargs["base_url"] = self.base_url
@@ -227,7 +224,6 @@ def _parse_docker(files: Mapping[str, str]) -> DockerState:
     )
     return DockerState(
         version=version.get("Version", ""),
-        api_version=version.get("ApiVersion", ""),
         networks=networks,
         containers=containers,
     )
@@ -328,6 +324,9 @@ def _network(reply: Mapping[str, Any]) -> Network:
                 subnets.append(ip_network(subnet, strict=False))
             except ValueError:
                 raise SourceError(f"docker: {where}: subnet {subnet!r} is not a network") from None
+    # Not read (an internal network's isolation is in its rules, which are walked; IPv6 shows in
+    # the containers' addresses), but a reply holding them in another shape is not one this
+    # parser knows: fail closed.
     for key in ("Internal", "EnableIPv6"):
         _check_kind(reply.get(key, False), bool, f"{where}: {key}")
     return Network(
@@ -338,7 +337,6 @@ def _network(reply: Mapping[str, Any]) -> Network:
         internal=reply.get("Internal", False),
         default_bridge=parse_go_bool(options.get(_OPT_DEFAULT_BRIDGE, "")) is True,
         subnets=tuple(subnets),
-        enable_ipv6=reply.get("EnableIPv6", False),
     )
 
 

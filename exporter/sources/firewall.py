@@ -36,18 +36,33 @@ import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from exporter.firewall.rules import Backend, IPSet, Ruleset, UnknownLine
+from exporter.config import DEFAULT_PROCFS
+from exporter.firewall.parse import (
+    parse_ebtables_save,
+    parse_ipset_save,
+    parse_iptables_save,
+    parse_nft_ruleset,
+)
+from exporter.firewall.rules import (
+    DOCKER_CHAINS,
+    Backend,
+    IPSet,
+    Ruleset,
+    UnknownLine,
+    docker_backend,
+)
 from exporter.firewall.state import NftablesInfo
 from exporter.sources.base import SourceError, decode, find_binary, require, run_tool
 
 # What iptables-nft-save's comment about a table it cannot show says (lower case).
 INCOMPATIBLE_TABLE = "incompatible"
 
+Parsed = TypeVar("Parsed")
+
 IptablesBackendChoice = Literal["auto", "nft", "legacy", "libiptc"]
 BACKENDS: tuple[Backend, ...] = ("nft", "legacy")
-DOCKER_CHAINS = ("DOCKER", "DOCKER-FORWARD", "DOCKER-USER")
 
 EBTABLES_FILE = "ebtables-save.txt"
 EBTABLES_LEGACY_FILE = "ebtables-legacy-save.txt"
@@ -85,10 +100,6 @@ class IptablesRead:
     dump_tables: dict[Backend, frozenset[str]] = dataclasses.field(default_factory=dict)
 
 
-def holds_docker_chains(ruleset: Ruleset) -> bool:
-    return any(ruleset.chain("filter", name) is not None for name in DOCKER_CHAINS)
-
-
 def text_holds_docker_chains(text: str) -> bool:
     """Whether an iptables-save dump declares one of Docker's chains in table filter."""
     table = None
@@ -123,7 +134,7 @@ class IptablesSource:
         timeout: float = 5.0,
         *,
         path: str | None = None,
-        procfs: str = "/proc",
+        procfs: str = DEFAULT_PROCFS,
     ) -> None:
         if family not in ("ipv4", "ipv6"):
             raise ValueError(f"family must be ipv4 or ipv6, not {family!r}")
@@ -242,8 +253,6 @@ class IptablesSource:
     # -- parse ----------------------------------------------------------------------------------
 
     def parse(self, files: Mapping[str, str]) -> IptablesRead:
-        from exporter.firewall.parse import parse_iptables_save
-
         text = require(self.name, files, self.save_file)
         hint: Backend | None = None
         if self.backend_file in files:
@@ -268,7 +277,7 @@ class IptablesSource:
                 if text_holds_anything(files[name]):
                     rulesets.append(other)
         self._check_legacy_tables(files, dumps)
-        primary = next((r.backend for r in rulesets if holds_docker_chains(r)), None)
+        primary = docker_backend(rulesets)
         tables = {backend: frozenset(r.tables) for backend, (_, r) in dumps.items()}
         return IptablesRead(primary=primary, rulesets=tuple(rulesets), dump_tables=tables)
 
@@ -346,7 +355,7 @@ def _unknown_line(line: UnknownLine) -> str:
 _LIBIPTC_LOCK = threading.Lock()
 
 
-def read_libiptc(family: str, procfs: str = "/proc", timeout: float = 5.0) -> str:
+def read_libiptc(family: str, procfs: str = DEFAULT_PROCFS, timeout: float = 5.0) -> str:
     """The legacy tables of one family, read with python-iptables, in iptables-save format."""
     source = "iptables" if family == "ipv4" else "ip6tables"
     names_file = os.path.join(
@@ -360,6 +369,8 @@ def read_libiptc(family: str, procfs: str = "/proc", timeout: float = 5.0) -> st
     except OSError as error:
         raise SourceError(f"{source}: cannot read {names_file}: {error.strerror}") from None
     try:
+        # Imported here, only for backend libiptc: loading it needs libiptc on the host, which the
+        # other backends do not.
         import iptc
     except Exception as error:  # noqa: BLE001 - a missing libiptc surfaces as many errors
         raise SourceError(
@@ -511,8 +522,6 @@ class EbtablesSource(_ToolSource):
         one holds anything. Both apply to bridged frames and FirewallState.bridge holds one, so
         when both hold rules this is a SourceError (bridge stages are then unknown, not guessed).
         """
-        from exporter.firewall.parse import parse_ebtables_save
-
         main = whole(
             self.name, EBTABLES_FILE, parse_ebtables_save(require(self.name, files, EBTABLES_FILE))
         )
@@ -552,7 +561,7 @@ class IpsetSource(_ToolSource):
         return {IPSET_FILE: self._run(binary, "save")}
 
     def parse(self, files: Mapping[str, str]) -> dict[str, IPSet]:
-        return _pure(self.name, IPSET_FILE, files, _parse_ipset)
+        return _pure(self.name, IPSET_FILE, files, parse_ipset_save)
 
 
 # -- nftables -------------------------------------------------------------------------------------
@@ -573,22 +582,12 @@ class NftablesSource(_ToolSource):
         return {NFT_FILE: self._run(binary, "-j", "list", "ruleset")}
 
     def parse(self, files: Mapping[str, str]) -> NftablesInfo:
-        return _pure(self.name, NFT_FILE, files, _parse_nft)
+        return _pure(self.name, NFT_FILE, files, parse_nft_ruleset)
 
 
-def _parse_ipset(text: str) -> dict[str, IPSet]:
-    from exporter.firewall.parse import parse_ipset_save
-
-    return parse_ipset_save(text)
-
-
-def _parse_nft(text: str) -> NftablesInfo:
-    from exporter.firewall.parse import parse_nft_ruleset
-
-    return parse_nft_ruleset(text)
-
-
-def _pure(source: str, name: str, files: Mapping[str, str], parse: Callable[[str], Any]) -> Any:
+def _pure(
+    source: str, name: str, files: Mapping[str, str], parse: Callable[[str], Parsed]
+) -> Parsed:
     text = require(source, files, name)
     try:
         return parse(text)

@@ -28,15 +28,13 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 
+from exporter.config import DEFAULT_DAEMON_JSON, DEFAULT_DOCKER_SOCKET, DEFAULT_PROCFS
 from exporter.model import HostSettings, Setting
 from exporter.sources.base import SourceError, parse_go_bool, require
 
 CMDLINE_FILE = "dockerd-cmdline.txt"
 DAEMON_JSON_FILE = "daemon.json"
 SYSCTL_FILE = "sysctl.txt"
-
-DEFAULT_DAEMON_JSON = "/etc/docker/daemon.json"
-DEFAULT_SOCKET = "/var/run/docker.sock"
 
 # sysctl.txt key -> path under /proc/sys.
 SYSCTLS = {
@@ -56,16 +54,13 @@ class SettingsSource:
 
     def __init__(
         self,
-        procfs: str = "/proc",
+        procfs: str = DEFAULT_PROCFS,
         daemon_config: str | None = None,
         docker_host: str | None = None,
-        timeout: float = 5.0,
     ) -> None:
         self.procfs = procfs
         self.daemon_config = daemon_config
         self.docker_host = docker_host
-        # Only files are read here; kept for the common constructor shape.
-        self.timeout = timeout
 
     # -- fetch ----------------------------------------------------------------------------------
 
@@ -290,7 +285,7 @@ def _socket(host: str) -> str:
     """A Docker host address in one comparable form."""
     host = host.strip()
     if not host or host.startswith("fd://"):
-        host = "unix://" + DEFAULT_SOCKET
+        host = "unix://" + DEFAULT_DOCKER_SOCKET
     if host.startswith("unix://"):
         path = os.path.normpath(host[len("unix://") :])
         if path.startswith("/var/run/"):

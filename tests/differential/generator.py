@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from tests.differential.lab import BRIDGE, IPSETS, address
 
-# (table, chain) pairs a bridged IPv4 packet meets (evaluate.STAGES, nat left out).
+# (table, chain) pairs a bridged IPv4 packet meets (evaluate.XTABLES_STAGES, nat left out).
 HOOKS: dict[str, tuple[str, ...]] = {
     "raw": ("PREROUTING",),
     "mangle": ("PREROUTING", "FORWARD", "POSTROUTING"),

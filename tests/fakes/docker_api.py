@@ -204,6 +204,10 @@ class FakeDockerAPI:
         self.socket_path = os.path.join(self._dir, "docker.sock")
         self._server = _Server(self.socket_path, _Handler)
         self._server.api = self
+        # serve_forever accepts after select() says a connection waits; should it be gone by then
+        # (taken elsewhere), a blocking accept() would hang serve_forever and so stop() forever.
+        # Non-blocking, socketserver drops that round; accepted connections are blocking still.
+        self._server.socket.setblocking(False)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
         )

@@ -15,7 +15,7 @@ from exporter.sources import (
     IptablesSource,
     NftablesSource,
     SettingsSource,
-    Source,
+    Sources,
 )
 from tests.fakes.tools import FakeTools, install_host, make_procfs, make_sysfs
 
@@ -44,19 +44,20 @@ class FakeHost:
     def daemon_json(self) -> str:
         return str(self.root / "daemon.json")  # absent: dockerd's defaults
 
-    def sources(self, docker_host: str, *, docker_timeout: float = 0.5, timeout: float = 1.0):
-        """The sources build_sources() makes, in its order, but finding tools on the fake PATH."""
+    def sources(
+        self, docker_host: str, *, docker_timeout: float = 0.5, timeout: float = 1.0
+    ) -> Sources:
+        """The sources build_sources() makes, but finding tools on the fake PATH."""
         common = {"path": self.tools.path, "sysfs": str(self.sysfs)}
-        found: list[Source] = [
-            DockerSource(docker_host, docker_timeout),
-            SettingsSource(str(self.procfs), self.daemon_json, docker_host, timeout),
-            IptablesSource("ipv4", "auto", timeout, path=self.tools.path),
-            IptablesSource("ipv6", "auto", timeout, path=self.tools.path),
-            EbtablesSource(timeout, **common),
-            IpsetSource(timeout, **common),
-            NftablesSource(timeout, **common),
-        ]
-        return found
+        return Sources(
+            docker=DockerSource(docker_host, docker_timeout),
+            settings=SettingsSource(str(self.procfs), self.daemon_json, docker_host),
+            iptables=IptablesSource("ipv4", "auto", timeout, path=self.tools.path),
+            ip6tables=IptablesSource("ipv6", "auto", timeout, path=self.tools.path),
+            ebtables=EbtablesSource(timeout, **common),
+            ipset=IpsetSource(timeout, **common),
+            nftables=NftablesSource(timeout, **common),
+        )
 
     def check(self, docker_host: str, *flags: str) -> CliRun:
         """`docker-netpolicy-exporter check` against this host, the tools first on $PATH.

@@ -1,6 +1,6 @@
 """Native nftables beside Docker-like iptables rules, judged against real packets.
 
-Why: the nft walk (exporter/firewall/nft.py) and the order of base chains (evaluate.STAGES and
+Why: the nft walk (exporter/firewall/nft.py) and the order of base chains (evaluate.XTABLES_STAGES and
 the native chains between them) are only right if the kernel agrees. No dockerd is needed: a
 "host" namespace holds a bridge docker0 with three veth ports, each leading to a "container"
 namespace; bridge-nf-call-iptables and -ip6tables are 1 there. For each captured ruleset of tests/fixtures/nft,

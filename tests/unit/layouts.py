@@ -61,7 +61,6 @@ def default_bridge_state(icc: bool) -> DockerState:
     bridge = network("bridge", "docker0", icc, "172.17.0.0/16", default=True)
     return DockerState(
         version="test",
-        api_version="1.41",
         networks=(bridge,),
         containers=(
             container("web", bridge, "172.17.0.2", exposed=("80/tcp",)),
@@ -77,7 +76,6 @@ def usernet_state(bridge_name: str, icc: bool) -> DockerState:
     net1 = network("net1", bridge_name, icc, "192.0.2.0/24")
     return DockerState(
         version="test",
-        api_version="1.41",
         networks=(docker0, net1),
         containers=(
             container("c1", net1, "192.0.2.2", exposed=("80/tcp",)),
@@ -92,7 +90,6 @@ def internal_state() -> DockerState:
     without = network("bridgeNoICC", "bridgeNoICC", False, "198.51.100.0/24")
     return DockerState(
         version="test",
-        api_version="1.41",
         networks=(docker0, with_icc, without),
         containers=(
             container("a1", with_icc, "192.0.2.2"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -124,7 +125,7 @@ def check(files: Mapping[str, str], docker: DockerState | None = None) -> Report
         docker_host=None, docker_timeout=1.0, iptables_backend="auto", timeout=1.0
     )
     if docker is not None:
-        sources[0] = FixedDocker(docker)
+        sources = replace(sources, docker=FixedDocker(docker))
     report, _ = run_check(sources, CheckConfig(), files)
     return report
 

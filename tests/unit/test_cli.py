@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import socket
-import sys
 import threading
 import time
-import types
 import urllib.request
 
 import pytest
@@ -16,6 +15,7 @@ import pytest
 from exporter import __version__
 from exporter.cli import build_parser, config_from_args, exit_code, main, serve
 from exporter.config import CheckConfig, ListenAddress, parse_duration
+from exporter.logs import setup_logging
 from exporter.report import (
     ISOLATION_BREACH,
     UNKNOWN_FLOW,
@@ -76,8 +76,10 @@ class FakeRun:
         self, result: Report, files: dict[str, str] | None = None, delay: float = 0.0
     ) -> None:
         self.result = result
-        self.files = files if files is not None else {"docker/version.json": "{}"}
+        self.files = files if files is not None else {"docker-version.json": "{}"}
         self.delay = delay
+        # The source the check says it is reading while it sleeps out `delay`.
+        self.hangs_in: str | None = None
         self.cfg = None
         self.calls: list[tuple[CheckConfig, object]] = []
 
@@ -85,8 +87,9 @@ class FakeRun:
         self.cfg = cfg
         return self.run
 
-    def run(self, check_config, files):
+    def run(self, check_config, files, progress):
         self.calls.append((check_config, files))
+        progress.source = self.hangs_in
         if self.delay:
             time.sleep(self.delay)
         return self.result, self.files
@@ -327,6 +330,17 @@ def test_check_json_shape():
     }
 
 
+def test_check_timeout_names_the_source_the_check_is_in():
+    fake = FakeRun(report(), delay=3)
+    fake.hangs_in = "iptables"
+    code, out, _ = run_cli(["check", "--check.timeout", "200ms", "--format", "json"], fake)
+    assert code == 2
+    document = json.loads(out)
+    assert [(s["name"], s["up"], s["error"]) for s in document["sources"]] == [
+        ("iptables", False, "timed out after 0.2s")
+    ]
+
+
 def test_check_timeout_exits_2_quickly():
     began = time.monotonic()
     code, out, _ = run_cli(["check", "--check.timeout", "200ms"], FakeRun(report(), delay=3))
@@ -335,58 +349,42 @@ def test_check_timeout_exits_2_quickly():
     assert "error: check timed out after 0.2s" in out
 
 
-@pytest.fixture
-def fake_snapshot_module(monkeypatch):
-    module = types.ModuleType("exporter.sources.snapshot")
-    module.written = []
-
-    def read_snapshot(directory):
-        if directory == "/missing":
-            raise FileNotFoundError(2, "No such file or directory", directory)
-        return {"docker/version.json": '{"Version": "27.3.1"}'}
-
-    def write_snapshot(directory, files, meta):
-        if directory == "/readonly":
-            raise PermissionError(13, "Permission denied", directory)
-        module.written.append((directory, dict(files), meta))
-
-    module.read_snapshot = read_snapshot
-    module.write_snapshot = write_snapshot
-    monkeypatch.setitem(sys.modules, "exporter.sources.snapshot", module)
-    return module
-
-
-def test_check_offline_from_snapshot(fake_snapshot_module):
+def test_check_offline_from_snapshot(tmp_path):
+    (tmp_path / "docker-version.json").write_text('{"Version": "27.3.1"}')
     fake = FakeRun(report())
-    code, _, _ = run_cli(["check", "--snapshot", "/snap"], fake)
+    code, _, _ = run_cli(["check", "--snapshot", str(tmp_path)], fake)
     assert code == 0
-    assert fake.calls[0][1] == {"docker/version.json": '{"Version": "27.3.1"}'}
+    assert fake.calls[0][1] == {"docker-version.json": '{"Version": "27.3.1"}'}
 
 
-def test_check_unreadable_snapshot(fake_snapshot_module):
-    code, out, err = run_cli(["check", "--snapshot", "/missing"], FakeRun(report()))
+def test_check_unreadable_snapshot(tmp_path):
+    missing = tmp_path / "missing"
+    code, out, err = run_cli(["check", "--snapshot", str(missing)], FakeRun(report()))
     assert code == 2 and out == ""
     assert err.splitlines() == [
-        "docker-netpolicy-exporter: error: cannot read snapshot /missing: "
-        "[Errno 2] No such file or directory: '/missing'"
+        f"docker-netpolicy-exporter: error: cannot read snapshot {missing}: "
+        f"snapshot: {missing} is not a directory; give a snapshot directory"
     ]
 
 
-def test_snapshot_writes_files(fake_snapshot_module):
+def test_snapshot_writes_files(tmp_path):
     fake = FakeRun(report(up=False), files={"a": "1", "b": "2"})
-    code, out, err = run_cli(["snapshot", "--out", "/tmp/snap"], fake)
+    out_dir = tmp_path / "snap"
+    code, out, err = run_cli(["snapshot", "--out", str(out_dir)], fake)
     assert code == 0, err
-    assert out == "wrote 2 files to /tmp/snap (not read: iptables)\n"
-    directory, files, meta = fake_snapshot_module.written[0]
-    assert directory == "/tmp/snap" and files == {"a": "1", "b": "2"}
+    assert out == f"wrote 2 files to {out_dir} (not read: iptables)\n"
+    assert (out_dir / "a").read_text() == "1" and (out_dir / "b").read_text() == "2"
+    meta = json.loads((out_dir / "meta.json").read_text())
     assert meta["exporter_version"] == __version__
     assert {"name": "iptables", "up": False, "error": "denied"} in meta["sources"]
 
 
-def test_snapshot_failures_exit_2(fake_snapshot_module):
-    code, _, err = run_cli(["snapshot", "--out", "/readonly"], FakeRun(report()))
-    assert code == 2 and len(err.splitlines()) == 1 and "Permission denied" in err
-    code, _, err = run_cli(["snapshot", "--out", "/tmp/x"], FakeRun(report(), files={}))
+def test_snapshot_failures_exit_2(tmp_path):
+    (tmp_path / "file").write_text("")
+    unwritable = tmp_path / "file" / "snap"  # its parent is a file: mkdir fails
+    code, _, err = run_cli(["snapshot", "--out", str(unwritable)], FakeRun(report()))
+    assert code == 2 and len(err.splitlines()) == 1 and "Not a directory" in err
+    code, _, err = run_cli(["snapshot", "--out", str(tmp_path / "x")], FakeRun(report(), files={}))
     assert code == 2 and err.startswith("docker-netpolicy-exporter: error: snapshot failed")
 
 
@@ -461,10 +459,6 @@ def test_serve_runs_checks_and_stops():
 
 
 def test_log_formats_are_one_line_per_event():
-    import logging
-
-    from exporter.logs import setup_logging
-
     for fmt in ("logfmt", "json"):
         stream = io.StringIO()
         setup_logging("info", fmt, stream=stream)

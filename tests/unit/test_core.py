@@ -8,13 +8,13 @@ from dataclasses import replace
 
 import pytest
 
-from exporter.check import build_report
+from exporter.check import CheckInputs, build_report, check_dumps_against_nft
 from exporter.config import CheckConfig
 from exporter.firewall.parse import parse_ebtables_save, parse_iptables_save
 from exporter.firewall.rules import IPSet
 from exporter.firewall.state import NftablesInfo
 from exporter.report import Report, SourceStatus
-from exporter.sources.firewall import IptablesRead
+from exporter.sources import SOURCE_NAMES, IptablesRead
 from tests.unit import layouts as L
 
 EMPTY_EBTABLES = "*filter\n:INPUT ACCEPT\n:FORWARD ACCEPT\n:OUTPUT ACCEPT\n"
@@ -39,18 +39,22 @@ def decide(
     rulesets = [parse_iptables_save(ipv4, "ipv4", "nft")]
     if legacy is not None:
         rulesets.append(parse_iptables_save(legacy, "ipv4", "legacy"))
-    values = {
-        "docker": state,
-        "settings": settings,
-        "iptables": IptablesRead("nft", tuple(rulesets)),
-        "ip6tables": IptablesRead("nft", ()),
-        "ebtables": parse_ebtables_save(ebtables) if ebtables is not None else None,
-        "ipset": DOCKER28_SETS if ipsets is None else ipsets,
-        "nftables": nftables or NftablesInfo(),
-    }
-    values = {name: value for name, value in values.items() if value is not None}
-    statuses = [SourceStatus(name, name in values, 0.0) for name in values]
-    return build_report(values, statuses, config or CheckConfig(), time.time(), time.monotonic())
+    bridge = parse_ebtables_save(ebtables) if ebtables is not None else None
+    # A source given None here was not read at all: no status for it.
+    read = {"docker": state, "settings": settings, "ebtables": bridge}
+    inputs = CheckInputs(
+        statuses=tuple(
+            SourceStatus(n, True, 0.0) for n in SOURCE_NAMES if read.get(n, n) is not None
+        ),
+        docker=state,
+        settings=settings,
+        iptables=IptablesRead("nft", tuple(rulesets)),
+        ip6tables=IptablesRead("nft", ()),
+        ebtables=bridge,
+        ipset=DOCKER28_SETS if ipsets is None else ipsets,
+        nftables=nftables or NftablesInfo(),
+    )
+    return build_report(inputs, config or CheckConfig(), time.time(), time.monotonic())
 
 
 def verdicts(report: Report) -> dict[tuple[str, str, str, int | None], str]:
@@ -289,3 +293,40 @@ def test_unparsed_line_is_reported_and_its_rule_is_undecidable():
     report = decide(STATE, text, config=ALL)
     assert "unparsed_rule" in kinds(report)
     assert verdicts(report)[("bridge", "loner", "web", 80)] == "unknown"
+
+
+# ---- check_dumps_against_nft: the dumps against the kernel's own list of nft tables ------------
+
+
+def inputs_with(nft_tables: tuple[str, ...], printed: frozenset[str]) -> CheckInputs:
+    ruleset = parse_iptables_save(D28, "ipv4", "nft")
+    read = IptablesRead("nft", (ruleset,), {"nft": printed})
+    return CheckInputs(
+        statuses=(SourceStatus("iptables", True, 0.0), SourceStatus("ip6tables", True, 0.0)),
+        iptables=read,
+        ip6tables=IptablesRead("nft", (), {"nft": frozenset()}),
+        nftables=NftablesInfo(tables=nft_tables),
+    )
+
+
+def test_dump_lacking_a_table_nft_lists_drops_that_source_only():
+    checked = check_dumps_against_nft(inputs_with(("ip filter", "ip raw"), frozenset({"filter"})))
+    assert checked.iptables is None and checked.ip6tables is not None
+    iptables, ip6tables = checked.statuses
+    assert not iptables.up and iptables.error == (
+        "iptables: iptables-nft-save printed no table raw that nft lists: dump cut short or "
+        "table incompatible; no verdict from it"
+    )
+    assert ip6tables.up and ip6tables.error is None
+
+
+def test_dump_holding_every_table_nft_lists_is_kept_as_is():
+    whole = inputs_with(("ip filter", "ip6 filter", "inet firewalld"), frozenset({"filter"}))
+    # ip6 filter: the ip6tables dump printed none, but nft lists it.
+    checked = check_dumps_against_nft(replace(whole, ip6tables=None))
+    assert checked == replace(whole, ip6tables=None)
+
+
+def test_without_nft_nothing_is_compared():
+    unread = replace(inputs_with(("ip filter", "ip raw"), frozenset()), nftables=None)
+    assert check_dumps_against_nft(unread) is unread

@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import replace
-from ipaddress import ip_address
+from ipaddress import ip_address, ip_network
 from pathlib import Path
 
 import pytest
@@ -318,7 +318,13 @@ def with_ip6_table(doc: dict, keep_icc: bool) -> dict:
 @pytest.mark.parametrize("keep_icc", [True, False])
 def test_ipv6_icc_rule_is_checked_in_the_ip6_table(keep_icc):
     state = CASES["icc-false-link"]
-    state = replace(state, networks=tuple(replace(n, enable_ipv6=True) for n in state.networks))
+    # An IPv6 subnet is what makes Docker write the ip6 table's ICC rule.
+    state = replace(
+        state,
+        networks=tuple(
+            replace(n, subnets=(*n.subnets, ip_network("fd00:1::/64"))) for n in state.networks
+        ),
+    )
     doc = with_ip6_table(document("icc-false-link"), keep_icc)
     found = docker_nft_findings(network_expectations(state), info(doc))
     assert [(f.kind, f.family) for f in found] == ([] if keep_icc else [(ICC_DROP_MISSING, "ipv6")])

@@ -12,8 +12,9 @@ from exporter.expectations import (
     link_rules,
     network_expectations,
     posture_findings,
-    rule_identity,
 )
+from exporter.firewall.parse import parse_iptables_save
+from exporter.firewall.rules import Match, Option, Rule, rule_identity
 from exporter.model import Container, DockerState, Endpoint, ExposedPort, Link
 from exporter.report import ICC_POSTURE, IPTABLES_POSTURE
 from tests.unit import layouts as L
@@ -47,9 +48,7 @@ def test_members_are_grouped_by_network_and_family():
     )
     only6 = Container("id-6", "six", endpoints=(Endpoint(net.id, ipv6=ip_address("fd00::3")),))
     elsewhere = L.container("x", other, "10.2.0.9")
-    found = by_name(
-        network_expectations(DockerState("t", "1.41", (net, other), (dual, only6, elsewhere)))
-    )
+    found = by_name(network_expectations(DockerState("t", (net, other), (dual, only6, elsewhere))))
     names = {
         (network, family): [m.container.name for m in members]
         for network, e in found.items()
@@ -66,7 +65,7 @@ def test_members_are_grouped_by_network_and_family():
 
 def test_every_network_gets_an_expectation_even_without_members():
     net = L.network("empty", "br9", False, "10.9.0.0/24")
-    (only,) = network_expectations(DockerState("t", "1.41", (net,), ()))
+    (only,) = network_expectations(DockerState("t", (net,), ()))
     assert only.members == {"ipv4": (), "ipv6": ()} and only.link_flows == ()
 
 
@@ -85,7 +84,6 @@ def test_links_on_a_user_defined_network_are_only_dns_aliases():
     net = L.network("user", "br0", False, "10.1.0.0/24")
     state = DockerState(
         "t",
-        "1.41",
         (net,),
         (
             L.container("web", net, "10.1.0.2", exposed=("80/tcp",)),
@@ -99,7 +97,6 @@ def test_link_to_a_child_exposing_nothing_or_not_running_allows_nothing():
     bridge = L.network("bridge", "docker0", False, "172.17.0.0/16", default=True)
     state = DockerState(
         "t",
-        "1.41",
         (bridge,),
         (
             L.container("quiet", bridge, "172.17.0.2"),
@@ -113,7 +110,6 @@ def test_a_link_covers_every_port_and_protocol_the_child_exposes():
     bridge = L.network("bridge", "docker0", False, "172.17.0.0/16", default=True)
     state = DockerState(
         "t",
-        "1.41",
         (bridge,),
         (
             L.container("dns", bridge, "172.17.0.2", exposed=("53/udp", "53/tcp")),
@@ -141,7 +137,7 @@ def test_links_are_ipv4_only():
         (Endpoint(bridge.id, ipv6=ip_address("fd00::3")),),
         (Link("id-client", "id-web", "web"),),
     )
-    assert link_flows(DockerState("t", "1.41", (bridge,), (web, client))) == []
+    assert link_flows(DockerState("t", (bridge,), (web, client))) == []
 
 
 def test_link_rules_are_the_pair_docker_writes():
@@ -157,6 +153,17 @@ def test_link_rules_are_the_pair_docker_writes():
     assert expectation.expected_rules() == (forward, reverse)
 
 
+def test_link_rules_are_the_values_the_parser_reads_from_dockers_dump():
+    """The built rule and Docker's line in a real dump are the same rule: same identity, same text."""
+    dump = (L.LAYOUTS / "docker28-icc-false-link.rules").read_text()
+    docker = parse_iptables_save(dump, "ipv4", "nft").chain("filter", "DOCKER")
+    (expectation,) = network_expectations(L.default_bridge_state(False))
+    for expected in expectation.expected_rules():
+        (parsed,) = [r for r in docker.rules if r.text == expected.rule.text]
+        assert rule_identity(parsed) == rule_identity(expected.rule)
+        assert (parsed.matches, parsed.target) == (expected.rule.matches, expected.rule.target)
+
+
 def test_expected_rules_match_the_layout_fixture_line_for_line():
     text = (L.LAYOUTS / "docker28-icc-false-link.rules").read_text().splitlines()
     (expectation,) = network_expectations(L.default_bridge_state(False))
@@ -168,7 +175,9 @@ def test_expected_rules_match_the_layout_fixture_line_for_line():
 
 
 def spec(*options, target="ACCEPT"):
-    return rule_identity([(m, n, tuple(a.split()), neg) for m, n, a, neg in options], target)
+    """The identity of a rule with these (module, name, args, negated) options, each its own match."""
+    matches = tuple(Match(m, (Option(n, tuple(a.split()), neg),)) for m, n, a, neg in options)
+    return rule_identity(Rule("DOCKER", 1, "", matches, target))
 
 
 S = ("", "-s", "172.17.0.3/32", False)

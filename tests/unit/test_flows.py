@@ -36,7 +36,6 @@ def two(icc: bool, *exposed: str, bridge: str = "br0") -> DockerState:
     net = L.network("n", bridge, icc, "10.1.0.0/24")
     return DockerState(
         "t",
-        "1.41",
         (net,),
         (
             L.container("a", net, "10.1.0.2"),
@@ -104,7 +103,7 @@ def test_a_hand_written_accept_between_two_containers_is_one_pair_one_way():
 
 def test_fewer_than_two_members_have_no_flows():
     net = L.network("n", "br0", False, "10.1.0.0/24")
-    state = DockerState("t", "1.41", (net,), (L.container("a", net, "10.1.0.2"),))
+    state = DockerState("t", (net,), (L.container("a", net, "10.1.0.2"),))
     assert flows(ruleset("-A FORWARD -j DROP"), state=state) == ([], [])
 
 
@@ -160,7 +159,7 @@ def test_ipv6_members_are_flows_of_their_own_family():
         for i, n in ((2, "a"), (3, "b"))
     )
     six = ruleset("-A FORWARD -i br0 -o br0 -j DROP", family="ipv6")
-    listed, counts = flows(ruleset(), six, state=DockerState("t", "1.41", (net,), members))
+    listed, counts = flows(ruleset(), six, state=DockerState("t", (net,), members))
     assert {(f.family, f.actual) for f in listed} == {("ipv4", "allow"), ("ipv6", "deny")}
     # per family: 2 ordered pairs, each with port 80 and a TCP and a UDP probe
     assert counted(counts) == {("n", "ipv4", "deny", "allow"): 6, ("n", "ipv6", "deny", "deny"): 6}
@@ -232,7 +231,7 @@ def test_dropping_arp_does_not_block_ipv6():
     )
     listed, _ = flows(
         ruleset(family="ipv6"),
-        state=DockerState("t", "1.41", (net,), members),
+        state=DockerState("t", (net,), members),
         bridge=ebtables("-A FORWARD -p ARP -j DROP"),
     )
     assert {(f.family, f.actual) for f in listed} == {("ipv6", "allow")}

@@ -79,9 +79,9 @@ def topologies(draw) -> DockerState:
             icc=draw(st.booleans()),
             default_bridge=default,
             subnets=(ip_network(f"10.{index}.0.0/24"), ip_network(f"fd00:{index}::/64")),
-            enable_ipv6=draw(st.booleans()),
         )
         networks.append(network)
+        ipv6 = draw(st.booleans())  # whether the network gives its containers IPv6 addresses
         count = draw(st.integers(2, 8))
         hosts = draw(
             st.lists(st.sampled_from(HOST_NUMBERS), min_size=count, max_size=count, unique=True)
@@ -105,13 +105,13 @@ def topologies(draw) -> DockerState:
                         Endpoint(
                             network.id,
                             ip_address(f"10.{index}.0.{host}"),
-                            ip_address(f"fd00:{index}::{host:x}") if network.enable_ipv6 else None,
+                            ip_address(f"fd00:{index}::{host:x}") if ipv6 else None,
                         ),
                     ),
                     links=tuple(links[name]),
                 )
             )
-    return DockerState("test", "1.41", tuple(networks), tuple(containers))
+    return DockerState("test", tuple(networks), tuple(containers))
 
 
 # ---- rules -----------------------------------------------------------------------------------
@@ -268,7 +268,7 @@ def scenarios(draw) -> Scenario:
 
     dump = filter_table("ipv4")
     rulesets = [parse_iptables_save(dump, "ipv4", "nft")]
-    if any(n.enable_ipv6 for n in state.networks):
+    if any(e.ipv6 for c in state.containers for e in c.endpoints):
         rulesets.append(parse_iptables_save(filter_table("ipv6"), "ipv6", "nft"))
     if draw(st.integers(0, 4)) == 0:  # the other backend holds a rule or two too
         legacy = some("FORWARD", (), 2)

@@ -36,10 +36,8 @@ class Pki:
     dir: Path
     ca: Path
     server_cert: Path
-    server_key: Path
     client_cert: Path
     client_key: Path
-    other_ca: Path
     other_client_cert: Path
     other_client_key: Path
 
@@ -85,10 +83,8 @@ def make_pki(directory: Path) -> Pki:
         dir=directory,
         ca=directory / "ca.crt",
         server_cert=directory / "server.crt",
-        server_key=directory / "server.key",
         client_cert=directory / "client.crt",
         client_key=directory / "client.key",
-        other_ca=directory / "other-ca.crt",
         other_client_cert=directory / "other-client.crt",
         other_client_key=directory / "other-client.key",
     )

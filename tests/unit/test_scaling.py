@@ -178,7 +178,7 @@ def linked_host(links: int) -> tuple[DockerState, Ruleset]:
         "*filter\n:FORWARD ACCEPT [0:0]\n:DOCKER - [0:0]\n-A FORWARD -o docker0 -j DOCKER\n"
         "-A FORWARD -i docker0 -o docker0 -j DROP\n" + "\n".join(rules) + "\nCOMMIT\n"
     )
-    state = DockerState("test", "1.41", (bridge,), tuple(containers))
+    state = DockerState("test", (bridge,), tuple(containers))
     return state, parse_iptables_save(text, "ipv4", "nft")
 
 
@@ -231,7 +231,7 @@ def test_an_allow_list_of_remote_hosts_is_not_checked_against_every_member() -> 
             made = L.container(f"c{n}-{k}", net, f"10.{n}.0.{k + 2}")
             endpoint = replace(made.endpoints[0], ipv4=CountingAddress(f"10.{n}.0.{k + 2}"))
             containers.append(replace(made, endpoints=(endpoint,)))
-    state = DockerState("test", "1.41", tuple(nets), tuple(containers))
+    state = DockerState("test", tuple(nets), tuple(containers))
     allow = "".join(
         f"-A FORWARD -s {IPv4Address(int(IPv4Address('198.18.0.1')) + i)}/32 -j ACCEPT\n"
         for i in range(remote)

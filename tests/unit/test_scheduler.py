@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
+from exporter.check import CheckProgress, run_check
+from exporter.config import CheckConfig
 from exporter.latest import Latest
 from exporter.report import Report, SourceStatus
 from exporter.scheduler import CheckScheduler, DockerEventWatcher, event_reason, run_with_deadline
+from exporter.sources import SOURCE_NAMES, Sources
 
 
 def ok_report() -> Report:
@@ -47,7 +51,7 @@ class Counter:
         self.max_active = 0
         self.lock = threading.Lock()
 
-    def __call__(self) -> Report:
+    def __call__(self, progress: CheckProgress) -> Report:
         with self.lock:
             self.calls += 1
             self.active += 1
@@ -62,7 +66,7 @@ class Counter:
 
 def test_deadline_returns_failed_report_and_abandons_thread(release):
     began = time.monotonic()
-    report, abandoned = run_with_deadline(lambda: release.wait(30) and ok_report(), 0.3)
+    report, abandoned = run_with_deadline(lambda progress: release.wait(30) and ok_report(), 0.3)
     assert time.monotonic() - began < 1.3
     assert abandoned is not None and abandoned.is_alive() and abandoned.daemon
     assert not report.up and not report.evaluated
@@ -71,20 +75,62 @@ def test_deadline_returns_failed_report_and_abandons_thread(release):
 
 
 def test_deadline_names_the_hung_source(release):
-    class HangingSource:
-        name = "iptables"
+    def hang_in_iptables(progress: CheckProgress) -> Report:
+        progress.source = "iptables"
+        release.wait(30)
+        return ok_report()
 
-        def fetch(self) -> dict[str, str]:
-            release.wait(30)
-            return {}
-
-    report, _ = run_with_deadline(lambda: (HangingSource().fetch(), ok_report())[1], 0.2)
+    report, _ = run_with_deadline(hang_in_iptables, 0.2)
     assert [(s.name, s.up) for s in report.sources] == [("iptables", False)]
     assert report.sources[0].error == "timed out after 0.2s"
+    assert report.errors == ("check timed out after 0.2s",)
+
+
+class Fixed:
+    """A source whose fetch returns at once and whose parse gives `value`."""
+
+    def __init__(self, name: str, value: object = None) -> None:
+        self.name = name
+        self.value = value
+
+    def fetch(self) -> dict[str, str]:
+        return {}
+
+    def parse(self, files) -> object:
+        return self.value
+
+
+class HangingFetch(Fixed):
+    def __init__(self, name: str, release: threading.Event) -> None:
+        super().__init__(name)
+        self.release = release
+
+    def fetch(self) -> dict[str, str]:
+        self.release.wait(30)
+        return {}
+
+
+def test_deadline_names_the_source_a_real_check_hangs_in(release):
+    """run_check records each source it reads: the one whose fetch hangs is the one marked down."""
+    sources = Sources(*(Fixed(name) for name in SOURCE_NAMES))
+    sources = replace(sources, ip6tables=HangingFetch("ip6tables", release))
+    report, abandoned = run_with_deadline(
+        lambda progress: run_check(sources, CheckConfig(), None, progress)[0], 0.3
+    )
+    assert abandoned is not None
+    assert [(s.name, s.up) for s in report.sources] == [("ip6tables", False)]
+    assert report.errors == ("check timed out after 0.3s",)
+
+
+def test_check_past_its_sources_is_named_check():
+    """Once every source was read, an overrun is the check's own (deciding), not a source's."""
+    progress = CheckProgress()
+    run_check(Sources(*(Fixed(name) for name in SOURCE_NAMES)), CheckConfig(), None, progress)
+    assert progress.source is None
 
 
 def test_exception_becomes_failed_report():
-    def boom() -> Report:
+    def boom(progress: CheckProgress) -> Report:
         raise RuntimeError("socket closed")
 
     report, abandoned = run_with_deadline(boom, 1.0)
@@ -96,7 +142,11 @@ def test_exception_becomes_failed_report():
 def test_scheduled_timeout_publishes_within_deadline(release):
     latest = Latest()
     scheduler = CheckScheduler(
-        lambda: release.wait(30) and ok_report(), latest, interval=60, timeout=0.5, debounce=0.1
+        lambda progress: release.wait(30) and ok_report(),
+        latest,
+        interval=60,
+        timeout=0.5,
+        debounce=0.1,
     )
     began = time.monotonic()
     scheduler.start()
@@ -114,7 +164,7 @@ def test_scheduled_timeout_publishes_within_deadline(release):
 def test_no_new_check_while_an_abandoned_one_runs(release):
     calls = []
 
-    def hang() -> Report:
+    def hang(progress: CheckProgress) -> Report:
         calls.append(1)
         release.wait(30)
         return ok_report()
@@ -174,7 +224,7 @@ def test_event_during_a_check_schedules_one_more():
     gate = threading.Event()
     calls = []
 
-    def check() -> Report:
+    def check(progress: CheckProgress) -> Report:
         calls.append(1)
         started.set()
         if len(calls) == 1:
@@ -195,7 +245,9 @@ def test_event_during_a_check_schedules_one_more():
 
 def test_health():
     now = [1000.0]
-    scheduler = CheckScheduler(ok_report, Latest(), interval=15, timeout=10, clock=lambda: now[0])
+    scheduler = CheckScheduler(
+        lambda progress: ok_report(), Latest(), interval=15, timeout=10, clock=lambda: now[0]
+    )
     ok, reason = scheduler.health()
     assert not ok and reason == "scheduler is not running"
     scheduler.start()
@@ -293,7 +345,7 @@ def test_shutdown_stops_waiting_for_a_hung_check(release):
     latest = Latest()
     started = threading.Event()
 
-    def hang() -> Report:
+    def hang(progress: CheckProgress) -> Report:
         started.set()
         release.wait(30)
         return ok_report()
@@ -315,7 +367,7 @@ def test_cancel_ends_the_wait_with_a_failed_report(release):
     threading.Timer(0.1, cancel.set).start()
     began = time.monotonic()
     report, abandoned = run_with_deadline(
-        lambda: release.wait(30) and ok_report(), 3600, cancel=cancel
+        lambda progress: release.wait(30) and ok_report(), 3600, cancel=cancel
     )
     assert time.monotonic() - began < 0.5
     assert abandoned is not None and abandoned.is_alive()

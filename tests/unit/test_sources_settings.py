@@ -205,7 +205,7 @@ def nothing(tmp_path: Path) -> str:
 
 def test_fetch_finds_dockerd_and_reads_sysctls(tmp_path):
     proc = make_proc(tmp_path, {100: (argv("--icc=false", "--data-root", "/d"), "net:[1]")})
-    source = SettingsSource(procfs=str(proc), daemon_config=nothing(tmp_path), timeout=1)
+    source = SettingsSource(procfs=str(proc), daemon_config=nothing(tmp_path))
     files = source.fetch()
     assert files[CMDLINE_FILE] == "/usr/bin/dockerd\n--icc=false\n--data-root\n/d\n"
     assert DAEMON_JSON_FILE not in files

@@ -12,6 +12,7 @@ from exporter.sources.base import SourceError
 from exporter.sources.docker import DockerSource
 from exporter.sources.firewall import IptablesSource
 from exporter.sources.snapshot import read_snapshot, write_snapshot
+from tests.unit.test_sources_docker import FakeClient
 from tests.unit.test_sources_firewall import LEGACY_DUMP, NFT_DUMP, tool
 
 
@@ -65,8 +66,6 @@ def test_only_regular_files_are_read(tmp_path):
 
 
 def test_offline_parse_equals_live_parse(tmp_path):
-    from tests.unit.test_sources_docker import FakeClient
-
     source = DockerSource(None, 1.0, client=FakeClient())
     live = source.fetch()
     write_snapshot(tmp_path / "s", live, {})
@@ -91,7 +90,7 @@ def test_build_sources_order_and_settings():
         "ipset",
         "nftables",
     ]
-    docker, settings, v4, v6 = sources[:4]
+    docker, settings, v4, v6 = sources.docker, sources.settings, sources.iptables, sources.ip6tables
     assert (docker.base_url, docker.timeout) == ("unix:///run/d.sock", 3.0)
     assert (settings.procfs, settings.daemon_config, settings.docker_host) == (
         "/p",
