@@ -14,14 +14,16 @@ from typing import TypeVar
 
 from exporter.comparison import duplicate_findings, flow_findings, host_findings, rule_findings
 from exporter.config import CheckConfig
-from exporter.expectations import network_expectations, posture_findings
+from exporter.docker_nft import TABLE as DOCKER_NFT_TABLE
+from exporter.docker_nft import docker_nft_findings, docker_nft_statuses
+from exporter.expectations import NetworkExpectation, network_expectations, posture_findings
 from exporter.firewall.evaluate import PathInputs
 from exporter.firewall.parse import EBTABLES_NFT_TABLES, IPTABLES_NFT_TABLES
 from exporter.firewall.rules import IPSet, Ruleset, docker_backend
 from exporter.firewall.state import FirewallState, NftablesInfo
 from exporter.flows import evaluate_flows
 from exporter.model import DockerState, HostSettings, Setting
-from exporter.report import Report, SourceStatus
+from exporter.report import Finding, NetworkStatus, Report, SourceStatus
 from exporter.sources import IptablesRead, Sources
 from exporter.sources.base import Source, SourceError
 
@@ -190,7 +192,22 @@ def _iptables_managed(
 ) -> Setting[bool | None]:
     if settings is not None and settings.iptables.value is not None:
         return settings.iptables
-    return Setting(docker_backend(firewall.for_family("ipv4")) is not None, "inferred")
+    nft = firewall.nftables
+    docker_nft = nft is not None and f"ip {DOCKER_NFT_TABLE}" in nft.docker_tables
+    found = docker_nft or docker_backend(firewall.for_family("ipv4")) is not None
+    return Setting(found, "inferred")
+
+
+def _rule_findings(
+    expectations: tuple[NetworkExpectation, ...], firewall: FirewallState
+) -> tuple[list[Finding], list[NetworkStatus]]:
+    """Docker's rules compared where Docker wrote them: its nftables tables when it runs with
+    the nftables firewall backend (Docker 29), else its iptables chains."""
+    nft = firewall.nftables
+    if nft is not None and f"ip {DOCKER_NFT_TABLE}" in nft.docker_tables:
+        findings = docker_nft_findings(expectations, nft)
+        return findings, docker_nft_statuses(expectations, findings)
+    return rule_findings(expectations, firewall)
 
 
 def build_report(inputs: CheckInputs, config: CheckConfig, started: float, began: float) -> Report:
@@ -223,7 +240,7 @@ def build_report(inputs: CheckInputs, config: CheckConfig, started: float, began
     )
     expectations = network_expectations(docker)
     flows, counts = evaluate_flows(expectations, path_inputs, config.all_flows)
-    rules, networks = rule_findings(expectations, firewall)
+    rules, networks = _rule_findings(expectations, firewall)
     bridges = {e.network.bridge: e.network.name for e in expectations}
     findings = (
         *posture_findings(docker, managed.value, config.expect_icc, config.expect_iptables),

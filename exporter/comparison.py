@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from ipaddress import ip_network
 
 from exporter.expectations import ExpectedRule, Member, NetworkExpectation
+from exporter.firewall.evaluate import unmodelled_docker_tables
 from exporter.firewall.matches import (
     ADDRESS_OPTIONS,
     MATCHERS,
@@ -399,10 +400,10 @@ def host_findings(
                         ))  # fmt: skip
     nft = firewall.nftables
     if nft is not None:
-        for table in nft.docker_tables:
+        for table in unmodelled_docker_tables(nft):
             findings.append(Finding(
-                UNSUPPORTED_FIREWALL, "", f"Docker's nftables firewall backend ({table}) is not "
-                "evaluated yet: its flows are reported unknown",
+                UNSUPPORTED_FIREWALL, "", f"Docker's nftables firewall backend ({table}) was not "
+                "read: its flows are reported unknown",
             ))  # fmt: skip
         modelled = {f"{c.label} hook {c.hook}" for c in nft.native.chains.values()}
         for chain in nft.foreign_chains:

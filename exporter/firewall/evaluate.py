@@ -345,7 +345,7 @@ class PathInputs:
         nft = self.firewall.nftables
         if nft is None:
             return "nftables ruleset could not be read"
-        unread = _unmodelled_docker_tables(nft)
+        unread = unmodelled_docker_tables(nft)
         if unread:
             return "Docker's nftables tables were not read: " + ", ".join(unread)
         modelled = {f"{c.label} hook {c.hook}" for c in nft.native.chains.values()}
@@ -380,7 +380,7 @@ class PathInputs:
         return found
 
 
-def _unmodelled_docker_tables(nft: NftablesInfo) -> list[str]:
+def unmodelled_docker_tables(nft: NftablesInfo) -> list[str]:
     """Docker tables listed without a chain in the model (a value built by hand): walking
     without them would judge the host by the other tables only."""
     modelled = {f"{family} {table}" for family, table, _ in nft.native.chains}

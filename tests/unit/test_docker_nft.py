@@ -27,6 +27,7 @@ from exporter.report import (
 )
 from tests.unit import layouts as L
 from tests.unit.core_builders import inputs, one_by_one, packet
+from tests.unit.test_core import ALL, decide
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "docker29"
 IN_DOCKER0 = "filter-forward-in__docker0"
@@ -366,3 +367,32 @@ def test_missing_icc_goes_after_the_fwmark_accept():
     (finding,) = findings("icc-false-link", changed)
     last_link = rules_of(doc, IN_DOCKER0)[2]
     assert f"position {last_link['handle']} " in str(finding.restore)
+
+
+# ---- through the whole check -------------------------------------------------------------------
+
+EMPTY_FILTER = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_clean_docker29_nftables_host_is_decided_and_clean(name):
+    # Docker writes no iptables rule with its nftables backend: the check must compare its nft
+    # tables, not report every iptables link rule and DROP as missing.
+    report = decide(CASES[name], EMPTY_FILTER, nftables=info(document(name)), config=ALL)
+    assert report.evaluated and not report.drift, [f.detail for f in report.findings]
+    assert {f.actual for f in report.flows} <= {"allow", "deny"}
+    assert report.settings.iptables.value is True  # Docker's nft tables: it manages the firewall
+
+
+def test_a_deleted_link_rule_on_a_docker29_host_is_missing_and_blocks_the_link():
+    doc = document("icc-false-link")
+    doc["nftables"] = [
+        item
+        for item in doc["nftables"]
+        if not ("rule" in item and "dport" in json.dumps(item["rule"]["expr"]) and
+                item["rule"]["chain"] == IN_DOCKER0 and "accept" in json.dumps(item["rule"]["expr"])
+                and "saddr" in json.dumps(item["rule"]["expr"]))
+    ]  # fmt: skip
+    report = decide(CASES["icc-false-link"], EMPTY_FILTER, nftables=info(doc), config=ALL)
+    kinds = {f.kind for f in report.findings}
+    assert {MISSING_ACCEPT_RULE, "blocked_link_flow"} <= kinds
