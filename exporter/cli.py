@@ -43,6 +43,7 @@ from exporter.config import (
     CHECK_DEBOUNCE_RANGE,
     CHECK_INTERVAL_RANGE,
     CHECK_TIMEOUT_RANGE,
+    DEFAULT_DAEMON_JSON,
     DOCKER_TIMEOUT_RANGE,
     EXPECT_ICC_CHOICES,
     EXPECT_IPTABLES_CHOICES,
@@ -119,6 +120,8 @@ class Flag:
     switch: bool = False
     required: bool = False
     default: Any = None
+    # What a global flag left unset (default None) means, for --help.
+    unset: str = "none"
 
 
 def _typed(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -141,7 +144,13 @@ GLOBAL_FLAGS: tuple[Flag, ...] = (
         "timeout of one Docker API call",
         duration=DOCKER_TIMEOUT_RANGE,
     ),
-    Flag("--docker.config", "docker_config", "dockerd's daemon.json", "FILE"),
+    Flag(
+        "--docker.config",
+        "docker_config",
+        "dockerd's daemon.json",
+        "FILE",
+        unset=f"the file dockerd reads: its --config-file, else {DEFAULT_DAEMON_JSON}",
+    ),
     Flag(
         "--iptables.backend",
         "iptables_backend",
@@ -268,6 +277,8 @@ def _global_default(flag: Flag, env: Mapping[str, str]) -> Any:
 
 def _shown_default(flag: Flag) -> str:
     value = getattr(_CONFIG_DEFAULTS, flag.dest)
+    if value is None:
+        return flag.unset
     shown = format_duration(value) if flag.duration else str(value)
     return f"${flag.env} or {shown}" if flag.env else shown
 

@@ -175,6 +175,10 @@ def _per_network_total(value: Callable[[NetworkFlowTotals], float]) -> SampleFun
     return _of_policy(samples)
 
 
+def _isolation(report: Report) -> Iterable[Sample]:
+    return [((n.name, n.isolation), 1.0) for n in _networks(report) if n.isolation]
+
+
 def _icc(report: Report) -> Iterable[Sample]:
     return [((n.name, n.bridge), _bool(n.icc)) for n in _networks(report)]
 
@@ -342,6 +346,14 @@ METRICS: tuple[MetricSpec, ...] = (
         "ACCEPT rules for this network that Docker's declared state does not explain." + _LAST,
         ("network",),
         _per_network(lambda n: n.unexpected_accept_rules),
+    ),
+    MetricSpec(
+        "isolation_enforced_by",
+        "gauge",
+        "1 for what isolates an icc-disabled network's containers: drop_rule (Docker's DROP), "
+        "forward_policy (a FORWARD DROP policy) or none." + _LAST,
+        ("network", "by"),
+        _of_policy(_isolation),
     ),
     MetricSpec(
         "iptables_managed",

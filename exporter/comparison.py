@@ -45,6 +45,9 @@ from exporter.report import (
 )
 from exporter.verdict import Verdict
 
+# How an icc-disabled bridge is isolated (NetworkStatus.isolation).
+DROP_RULE, FORWARD_POLICY, NO_ISOLATION = "drop_rule", "forward_policy", "none"
+
 # Matches a rule may carry and still be "a rule for these container addresses" we can judge.
 NEUTRAL_MATCHES = {"", "tcp", "udp", "sctp", "multiport", "comment", "conntrack", "state"}
 MAX_NAMED = 10
@@ -223,6 +226,7 @@ def rule_findings(
                 expected_accept_rules=len(expected_rules) if not network.icc else 0,
                 missing_accept_rules=len(missing),
                 unexpected_accept_rules=len(unexpected),
+                isolation="" if network.icc else isolation_enforcement(expectation, forwards),
             )
         )
     return findings, statuses
@@ -309,29 +313,34 @@ def _stale_hosts(rule: Rule, network: Network, addresses: set[str]) -> list[str]
     return stale
 
 
+def isolation_enforcement(expectation: NetworkExpectation, forwards: list[_Forward]) -> str:
+    """What stops new traffic between containers of an icc-disabled bridge: Docker's explicit
+    DROP ("drop_rule", every version since 1.x), a FORWARD DROP policy ("forward_policy", as
+    Docker 1.x documented it), or nothing ("none")."""
+    bridge = expectation.network.bridge
+    if any(bridge in forward.icc_drop_bridges for forward in forwards):
+        return DROP_RULE
+    if any(forward.policy_drops for forward in forwards):
+        return FORWARD_POLICY
+    return NO_ISOLATION
+
+
 def _icc_drop_findings(
     expectation: NetworkExpectation, forwards: list[_Forward], primary: str | None
 ) -> list[Finding]:
-    """Docker writes an explicit DROP for an icc-disabled bridge (every version since 1.x). Its
-    absence is drift even while a FORWARD DROP policy still stops the traffic: the next
-    `iptables -P FORWARD ACCEPT` (a reload, another tool) would open every pair."""
-    bridge = expectation.network.bridge
-    if not forwards or any(bridge in forward.icc_drop_bridges for forward in forwards):
+    """Either Docker's DROP or a FORWARD DROP policy isolates the bridge (the flows say whether
+    anything before it lets traffic through); with neither, Docker's DROP is missing."""
+    if not forwards or isolation_enforcement(expectation, forwards) != NO_ISOLATION:
         return []
-    policy_drops = any(forward.policy_drops for forward in forwards)
+    bridge = expectation.network.bridge
     first = forwards[0].ruleset
     chain = "DOCKER-FORWARD" if first.chain("filter", "DOCKER-FORWARD") else "FORWARD"
-    still = (
-        "the FORWARD DROP policy still stops it"
-        if policy_drops
-        else "and the FORWARD policy is not DROP"
-    )
     return [
         Finding(
             ICC_DROP_MISSING,
             expectation.network.name,
-            f"Docker's DROP for traffic between containers on {bridge} (icc disabled) is missing; "
-            f"{still}",
+            f"Docker's DROP for traffic between containers on {bridge} (icc disabled) is missing "
+            "and the FORWARD policy is not DROP",
             rule=f"-A {chain} -i {bridge} -o {bridge} -j DROP",
             restore=f"{iptables_command(primary)} -A {chain} -i {bridge} -o {bridge} -j DROP",
         )

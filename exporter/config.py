@@ -63,7 +63,9 @@ class ExporterConfig:
 
     docker_host: str = DEFAULT_DOCKER_HOST
     docker_timeout: float = 5.0
-    docker_config: str = DEFAULT_DAEMON_JSON
+    # None: the file dockerd itself reads (its --config-file, else DEFAULT_DAEMON_JSON), through
+    # dockerd's own root where the exporter runs in another mount namespace.
+    docker_config: str | None = None
     iptables_backend: str = "auto"
     procfs: str = DEFAULT_PROCFS
     check_interval: float = 15.0

@@ -141,6 +141,9 @@ class NetworkStatus:
     expected_accept_rules: int = 0
     missing_accept_rules: int = 0
     unexpected_accept_rules: int = 0
+    # What isolates an icc-disabled bridge's containers: "drop_rule" (Docker's DROP),
+    # "forward_policy" (a FORWARD DROP policy), "none"; "" where icc is on or not judged here.
+    isolation: str = ""
 
 
 @dataclass(frozen=True)

@@ -126,7 +126,8 @@ def test_defaults():
     assert cfg.telemetry_path == "/metrics"
     assert (cfg.expect_icc, cfg.expect_iptables, cfg.iptables_backend) == ("any", "any", "auto")
     assert (cfg.log_level, cfg.log_format) == ("info", "logfmt")
-    assert cfg.procfs == "/proc" and cfg.docker_config == "/etc/docker/daemon.json"
+    # No --docker.config: the settings source reads the file dockerd itself reads.
+    assert cfg.procfs == "/proc" and cfg.docker_config is None
 
 
 def test_docker_host_from_environment():

@@ -102,6 +102,7 @@ def sample_report() -> Report:
                 expected_accept_rules=4,
                 missing_accept_rules=2,
                 unexpected_accept_rules=0,
+                isolation="none",
             ),
             NetworkStatus("backend", "br-0123456789ab", icc=True, containers=2),
         ),

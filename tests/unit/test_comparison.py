@@ -141,14 +141,16 @@ def test_accept_for_an_address_no_container_has_is_stale():
     assert stale.restore == f"iptables-nft -D DOCKER {rule}"
 
 
-def test_missing_icc_drop_is_drift_even_behind_a_drop_policy():
-    (finding,) = findings_of(L.delete_rule(D28, ICC_DROP))[0]
-    assert finding.kind == ICC_DROP_MISSING
+def test_missing_icc_drop_is_drift_unless_a_drop_policy_isolates():
+    findings, (status,) = findings_of(L.delete_rule(D28, ICC_DROP))
+    (finding,) = findings
+    assert finding.kind == ICC_DROP_MISSING and status.isolation == "none"
     assert (finding.rule, finding.restore) == (ICC_DROP, f"iptables-nft {ICC_DROP}")
     assert finding.detail.endswith("and the FORWARD policy is not DROP")
+    # Either the explicit DROP or a FORWARD DROP policy isolates the bridge (Docker 1.x's way).
     text = L.delete_rule(D28, ICC_DROP).replace(":FORWARD ACCEPT", ":FORWARD DROP")
-    (finding,) = findings_of(text)[0]
-    assert finding.detail.endswith("the FORWARD DROP policy still stops it")
+    findings, (status,) = findings_of(text)
+    assert findings == [] and status.isolation == "forward_policy"
 
 
 def test_icc_drop_in_the_forward_chain_of_older_dockers_counts():

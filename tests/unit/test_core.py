@@ -175,15 +175,26 @@ def test_icc_drop_replaced_by_accept():
     assert {"icc_drop_missing", "unexpected_accept_rule", "isolation_breach"} <= kinds(report)
 
 
-def test_forward_policy_drop_still_isolates_but_the_missing_icc_drop_is_reported():
-    text = L.delete_rule(D27, "-A FORWARD -i docker0 -o docker0 -j DROP").replace(
-        ":FORWARD ACCEPT", ":FORWARD DROP"
-    )
+@pytest.mark.parametrize(
+    "layout", ["docker1.12-icc-false-link.rules", "docker27-icc-false-link.rules"]
+)
+def test_the_documented_forward_drop_policy_layout_is_clean(layout):
+    # Docker 1.x's documentation: with --icc=false the daemon sets the FORWARD policy to DROP and
+    # adds only the link ACCEPT rules. That host is isolated as declared: no drift.
+    text = L.delete_rule(
+        (L.LAYOUTS / layout).read_text(), "-A FORWARD -i docker0 -o docker0 -j DROP"
+    ).replace(":FORWARD ACCEPT", ":FORWARD DROP")
     report = decide(STATE, text, config=ALL)
-    assert kinds(report) == {"icc_drop_missing"}
-    assert "policy still stops it" in report.findings[0].detail
+    assert kinds(report) == set() and not report.drift
     assert report.forward_policy == "DROP"
+    assert [n.isolation for n in report.networks] == ["forward_policy"]
     assert verdicts(report)[("bridge", "loner", "web", 80)] == "deny"
+    assert verdicts(report)[("bridge", "client", "web", 80)] == "allow"
+
+
+def test_the_explicit_drop_is_what_isolates_dockers_own_layout():
+    report = decide(STATE, D28, config=ALL)
+    assert [n.isolation for n in report.networks] == ["drop_rule"]
 
 
 def test_bridge_nf_call_iptables_off_lets_everything_through():
