@@ -354,14 +354,7 @@ def config_from_args(args: argparse.Namespace) -> ExporterConfig:
 
 def live_run_check(cfg: ExporterConfig) -> RunCheck:
     """The real check: build the sources once, then run_check on each call."""
-    sources = build_sources(
-        docker_host=cfg.docker_host,
-        docker_timeout=cfg.docker_timeout,
-        iptables_backend=cfg.iptables_backend,
-        timeout=cfg.check_timeout,
-        procfs=cfg.procfs,
-        daemon_config=cfg.docker_config,
-    )
+    sources = build_sources(cfg)
 
     def run(
         check_config: CheckConfig, files: Mapping[str, str] | None, progress: CheckProgress

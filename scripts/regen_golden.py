@@ -98,14 +98,7 @@ def check_json(snapshot: Path) -> str:
 def metrics_text(snapshot: Path) -> str:
     """/metrics after one check of the snapshot, as the live exporter builds it, normalized."""
     cfg = config_from_args(build_parser(ENV).parse_args(["check", "--snapshot", str(snapshot)]))
-    sources = build_sources(
-        docker_host=cfg.docker_host,
-        docker_timeout=cfg.docker_timeout,
-        iptables_backend=cfg.iptables_backend,
-        timeout=cfg.check_timeout,
-        procfs=cfg.procfs,
-        daemon_config=cfg.docker_config,
-    )
+    sources = build_sources(cfg)
     report, _ = run_check(sources, cfg.check_config(), read_snapshot(snapshot))
     latest = Latest()
     latest.publish(report)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 
-from exporter.config import DEFAULT_PROCFS
+from exporter.config import ExporterConfig
 from exporter.firewall.rules import IPSet, Ruleset
 from exporter.firewall.state import NftablesInfo
 from exporter.model import DockerState, HostSettings
@@ -68,22 +68,15 @@ class Sources:
 SOURCE_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Sources))
 
 
-def build_sources(
-    *,
-    docker_host: str | None,
-    docker_timeout: float,
-    iptables_backend: str,
-    timeout: float,
-    procfs: str = DEFAULT_PROCFS,
-    daemon_config: str | None = None,
-) -> Sources:
-    """Every source, as the exporter's flags configure them."""
+def build_sources(cfg: ExporterConfig) -> Sources:
+    """Every source, as the exporter's flags configure them (tools get the check's timeout)."""
+    backend, timeout, procfs = cfg.iptables_backend, cfg.check_timeout, cfg.procfs
     return Sources(
-        docker=DockerSource(docker_host, docker_timeout),
-        settings=SettingsSource(procfs, daemon_config, docker_host),
+        docker=DockerSource(cfg.docker_host, cfg.docker_timeout),
+        settings=SettingsSource(procfs, cfg.docker_config, cfg.docker_host),
         # IptablesSource refuses a backend it does not know; the flag's choices are the same.
-        iptables=IptablesSource("ipv4", iptables_backend, timeout, procfs=procfs),  # type: ignore[arg-type]
-        ip6tables=IptablesSource("ipv6", iptables_backend, timeout, procfs=procfs),  # type: ignore[arg-type]
+        iptables=IptablesSource("ipv4", backend, timeout, procfs=procfs),  # type: ignore[arg-type]
+        ip6tables=IptablesSource("ipv6", backend, timeout, procfs=procfs),  # type: ignore[arg-type]
         ebtables=EbtablesSource(timeout),
         ipset=IpsetSource(timeout),
         nftables=NftablesSource(timeout),

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from exporter.check import run_check
 from exporter.collector import NetpolicyCollector
-from exporter.config import CheckConfig, ListenAddress
+from exporter.config import CheckConfig, ExporterConfig, ListenAddress
 from exporter.http import make_app, make_server
 from exporter.latest import Latest
 from exporter.report import Report
@@ -43,9 +43,7 @@ P99_LIMIT = 1.0
 
 def busy_host_report() -> Report:
     files = {path.name: path.read_text() for path in SNAPSHOT.iterdir()}
-    sources = build_sources(
-        docker_host=None, docker_timeout=5.0, iptables_backend="auto", timeout=5
-    )
+    sources = build_sources(ExporterConfig())
     report, _ = run_check(sources, CheckConfig(all_flows=True), files)
     assert report.evaluated and report.flows
 

@@ -18,7 +18,7 @@ import pytest
 
 from exporter.check import run_check
 from exporter.cli import exit_code
-from exporter.config import CheckConfig
+from exporter.config import CheckConfig, ExporterConfig
 from exporter.model import DockerState
 from exporter.report import DRIFT_KINDS, Report
 from exporter.sources import build_sources
@@ -121,9 +121,7 @@ SNAPSHOTS: dict[str, Callable[[], dict[str, str]]] = {
 
 
 def check(files: Mapping[str, str], docker: DockerState | None = None) -> Report:
-    sources = build_sources(
-        docker_host=None, docker_timeout=1.0, iptables_backend="auto", timeout=1.0
-    )
+    sources = build_sources(ExporterConfig(docker_timeout=1.0, check_timeout=1.0))
     if docker is not None:
         sources = replace(sources, docker=FixedDocker(docker))
     report, _ = run_check(sources, CheckConfig(), files)

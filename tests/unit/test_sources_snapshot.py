@@ -7,6 +7,7 @@ import json
 import pytest
 
 from exporter import __version__
+from exporter.config import ExporterConfig
 from exporter.sources import build_sources
 from exporter.sources.base import SourceError
 from exporter.sources.docker import DockerSource
@@ -74,12 +75,14 @@ def test_offline_parse_equals_live_parse(tmp_path):
 
 def test_build_sources_order_and_settings():
     sources = build_sources(
-        docker_host="unix:///run/d.sock",
-        docker_timeout=3.0,
-        iptables_backend="legacy",
-        timeout=2.0,
-        procfs="/p",
-        daemon_config="/etc/d.json",
+        ExporterConfig(
+            docker_host="unix:///run/d.sock",
+            docker_timeout=3.0,
+            iptables_backend="legacy",
+            check_timeout=2.0,
+            procfs="/p",
+            docker_config="/etc/d.json",
+        )
     )
     assert [s.name for s in sources] == [
         "docker",
