@@ -109,7 +109,7 @@ class NftGenerator:
     def _base_chain(self, table: _Table, index: int) -> None:
         hook = self.pick(HOOKS)
         priority = self.pick(PRIORITIES[table.family])
-        policy = "drop" if self.chance(0.06) else "accept"
+        policy = "drop" if self.chance(0.03) else "accept"
         self.feature(f"{table.family} base chain {hook}")
         if policy == "drop":
             self.feature("policy drop")

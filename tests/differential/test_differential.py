@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from exporter.firewall.evaluate import Verdict
+from exporter.firewall.parse import parse_nft_ruleset
 from tests.differential.fixtures import Fixture, fixtures, read_fixture
 from tests.differential.generator import DPORTS, MULTI_DPORTS, generate
-from tests.differential.lab import UNNAMED_PORT, BridgeLab, lab_namespaces
+from tests.differential.lab import NATIVE_TABLES, UNNAMED_PORT, BridgeLab, lab_namespaces
 from tests.differential.run import FlowResult, run_many, run_ruleset
 
 pytestmark = pytest.mark.lab
@@ -92,3 +93,23 @@ def test_the_generator_is_seeded() -> None:
     text = "".join(generate(seed).text() for seed in range(300))
     # The constructs the first differential runs found evaluator bugs in stay generated.
     assert "physdev" in text and "-A PREROUTING -m conntrack" in text
+
+
+def test_native_tables_are_in_some_rulesets_and_only_the_labs_own() -> None:
+    scripts = [generate(seed).nft for seed in range(1, 201)]
+    with_native = [s for s in scripts if s]
+    assert 0.3 * len(scripts) <= len(with_native) <= 0.5 * len(scripts)
+    named = {tuple(line.split()[1:3]) for s in with_native for line in s.splitlines()
+             if line.startswith("table ")}  # fmt: skip
+    assert named == set(NATIVE_TABLES)
+
+
+def test_native_tables_of_one_ruleset_are_gone_in_the_next(lab: BridgeLab) -> None:
+    with_native = next(g for g in map(generate, range(1, 50)) if g.nft.count("table ") == 3)
+    without = next(g for g in map(generate, range(1, 50)) if not g.nft)
+    loaded = lab.load(*with_native.restore_texts())
+    assert {f"{f} {n}" for f, n in NATIVE_TABLES} <= set(parse_nft_ruleset(loaded.nft_json).tables)
+    tables = parse_nft_ruleset(lab.load(*without.restore_texts()).nft_json).tables
+    assert not {f"{f} {n}" for f, n in NATIVE_TABLES} & set(tables)
+    # Deleting the native tables leaves iptables-nft's and ebtables-nft's own in place.
+    assert {"ip filter", "ip mangle", "bridge filter"} <= set(tables)
