@@ -6,9 +6,12 @@ after the x_tables tables (raw -300, mangle -150, filter 0, security 50, srcnat 
 bridge family, around ebtables (-300, -200, 300) and br_netfilter (0). Regular chains are reached
 by jump/goto, only from chains made before them (no loops).
 
+Not generated: `meta ibrname/obrname` (nft_meta_bridge is not available in this kernel: nft
+refuses the rule) and `ct` in the bridge family (nf_conntrack_bridge, likewise).
+
 Some constructs are on purpose ones nft.py cannot decide for every packet (a bridge port named
 veth0 at the bridge hooks, `ct state` before conntrack, a source port range covering part of the
-ephemeral range, `meta mark` after an iptables MARK): they must yield unknown, never a wrong
+ephemeral range, `meta mark` after an iptables MARK, limit, concatenations, skuid): they must yield unknown, never a wrong
 verdict. Each rule's line starts with two tabs, so run.shrink can drop rules one by one.
 """
 
@@ -105,6 +108,11 @@ class NftGenerator:
             + ", ".join(kept)
             + " } }"
         )
+        verdicts = ", ".join(f"{h} : {self.pick(['accept', 'accept', 'drop', 'continue'])}"
+                             for h in self.rng.sample(HOSTS, 2))  # fmt: skip
+        table.sets.append(
+            f"\tmap verdicts4 {{ type ipv4_addr : verdict; elements = {{ {verdicts} }} }}"
+        )
 
     def _base_chain(self, table: _Table, index: int) -> None:
         hook = self.pick(HOOKS)
@@ -182,6 +190,8 @@ class NftGenerator:
             kinds += ["mark"]
         if proto:
             kinds += ["dport", "dport", "sport", "th_dport"]
+        if self.chance(0.015):
+            kinds = ["undecidable"]
         return kinds
 
     def _m_address(self, table: _Table, chain: _Chain, proto: str | None) -> str:
@@ -212,6 +222,12 @@ class NftGenerator:
         op = "!= " if self.chance(0.2) else ""
         self.feature(f"{table.family if table.family == 'bridge' else 'ip'} {key} {name}")
         return f'{key} {op}"{name}"'
+
+    def _m_undecidable(self, table: _Table, chain: _Chain, proto: str | None) -> str:
+        """Expressions nft.py does not decide: they must give unknown, never a guess."""
+        self.feature("undecidable expression (limit, concatenation, skuid)")
+        return self.pick(["limit rate 1/second", "ip saddr . ip daddr { 172.18.0.2 . 172.18.0.3 }",
+                          "meta skuid 0"])  # fmt: skip
 
     def _m_ct_state(self, table: _Table, chain: _Chain, proto: str | None) -> str:
         op = "!= " if self.chance(0.15) else ""
@@ -267,6 +283,9 @@ class NftGenerator:
         return "" if kind == "none" else kind
 
     def _vmap(self, table: _Table, chain: _Chain, proto: str, later: list[str]) -> str:
+        if table.sets and self.chance(0.5):
+            self.feature("named verdict map")
+            return f"ip {self.pick(['saddr', 'daddr'])} vmap @verdicts4"
         self.feature("verdict map")
         verdicts = ["accept", "accept", "drop", "continue"] + [f"jump {c}" for c in later]
         key, values = self.pick([("ip daddr", HOSTS), (f"{proto} dport", ["80", "443", "53"]),
