@@ -11,8 +11,8 @@ refuses the rule) and `ct` in the bridge family (nf_conntrack_bridge, likewise).
 
 Some constructs are on purpose ones nft.py cannot decide for every packet (a bridge port named
 veth0 at the bridge hooks, `ct state` before conntrack, a source port range covering part of the
-ephemeral range, `meta mark` after an iptables MARK, limit, concatenations, skuid): they must yield unknown, never a wrong
-verdict. Each rule's line starts with two tabs, so run.shrink can drop rules one by one.
+ephemeral range, `meta mark` after an iptables MARK, limit, concatenations, skuid): they must
+yield unknown, never a wrong verdict. Each rule's line starts with two tabs, so run.shrink can drop rules one by one.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from exporter.firewall.parse import parse_nft_ruleset
 from tests.differential.fixtures import Fixture, fixtures, read_fixture
 from tests.differential.generator import DPORTS, MULTI_DPORTS, generate
 from tests.differential.lab import NATIVE_TABLES, UNNAMED_PORT, BridgeLab, lab_namespaces
+from tests.differential.nft_generator import DPORTS as NFT_DPORTS
 from tests.differential.run import FlowResult, run_many, run_ruleset
 
 pytestmark = pytest.mark.lab
@@ -84,6 +85,10 @@ def test_no_generated_destination_port_names_the_unnamed_port() -> None:
     for text in DPORTS + MULTI_DPORTS:
         for part in text.split(","):
             low, _, high = part.partition(":")
+            assert not int(low) <= UNNAMED_PORT <= int(high or low), text
+    for text in NFT_DPORTS:
+        for part in text.strip("{ }").split(","):
+            low, _, high = part.strip().partition("-")
             assert not int(low) <= UNNAMED_PORT <= int(high or low), text
 
 
