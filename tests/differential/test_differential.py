@@ -51,8 +51,22 @@ def test_random_rulesets_agree_with_the_kernel(
     assert tally.verdicts["kernel dropped"] >= 0.2 * tally.compared
 
 
+# Fixtures of evaluator bugs not fixed yet: the evaluator side must fail until exporter/ is fixed.
+KNOWN_BUGS = {
+    "nft-reject-icmpv6-implies-ipv6": (
+        "evaluator bug: nft prints `meta nfproto ipv6 ... reject` without the nfproto match (the "
+        "reject type icmpv6 implies it); nft.py's walk takes every reject as a drop for IPv4 too"
+    ),
+}
+
+
 def _fixture_params() -> list[object]:
-    return [pytest.param(path, id=path.stem) for path in fixtures()]
+    return [
+        pytest.param(path, id=path.stem, marks=pytest.mark.xfail(strict=True, reason=reason))
+        if (reason := KNOWN_BUGS.get(path.stem))
+        else pytest.param(path, id=path.stem)
+        for path in fixtures()
+    ]
 
 
 _kernel_cache: dict[Path, tuple[Fixture, list[FlowResult]]] = {}
