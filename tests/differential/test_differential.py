@@ -3,7 +3,7 @@
 A fixed seeded set of random rulesets is loaded into a dockerd-free bridge lab (see lab.py) and
 every flow is probed; an allow or deny that the kernel contradicts fails, printing the seed, the
 flow and the ruleset. Unknown is allowed and counted per generator feature (the table is printed).
-Regression fixtures keep each disagreement found (each an evaluator bug, fixed since).
+Regression fixtures keep each disagreement found (each an evaluator bug; KNOWN_BUGS: not fixed yet).
 """
 
 from __future__ import annotations
