@@ -41,12 +41,12 @@ def write_fixture(lab: BridgeLab, ruleset: GeneratedRuleset, stem: Path) -> Path
 
 
 def read_fixture(rules: Path) -> Fixture:
-    nft, legacy, ebtables, ipset = split_fixture(rules.read_text())
+    nft, legacy, ebtables, ipset, native = split_fixture(rules.read_text())
     expected = {}
     for line in rules.with_suffix(".expected").read_text().splitlines():
         src, dst, protocol, port, outcome = line.split()
         expected[Probe(_INDEX[src], _INDEX[dst], protocol, int(port))] = outcome == "passed"
-    ruleset = GeneratedRuleset(0, nft, legacy, ebtables, frozenset({"regression"}), ipset=ipset)
+    ruleset = GeneratedRuleset(0, nft, legacy, ebtables, frozenset({"regression"}), ipset, native)
     return Fixture(rules.stem, ruleset, expected)
 
 

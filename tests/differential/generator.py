@@ -19,6 +19,7 @@ import random
 from dataclasses import dataclass, field
 
 from tests.differential.lab import BRIDGE, IPSETS, address
+from tests.differential.nft_generator import NftGenerator
 
 # (table, chain) pairs a bridged IPv4 packet meets (evaluate.XTABLES_STAGES, nat left out).
 HOOKS: dict[str, tuple[str, ...]] = {
@@ -63,26 +64,28 @@ class GeneratedRuleset:
     ebtables: str
     features: frozenset[str]
     ipset: str = EMPTY_IPSETS  # `ipset restore` lines refilling lab.IPSETS
+    nft: str = ""  # an `nft -f` script of native tables (lab.NATIVE_TABLES), may be empty
 
-    def restore_texts(self) -> tuple[str, str, str, str]:
-        """What BridgeLab.load takes: iptables-nft, iptables-legacy, ebtables, ipset."""
-        return self.iptables_nft, self.iptables_legacy, self.ebtables, self.ipset
+    def restore_texts(self) -> tuple[str, str, str, str, str]:
+        """What BridgeLab.load takes: iptables-nft, iptables-legacy, ebtables, ipset, nft."""
+        return self.iptables_nft, self.iptables_legacy, self.ebtables, self.ipset, self.nft
 
     def text(self) -> str:
         """All restore texts in one file (the regression fixture format)."""
         return (
             f"### iptables-nft\n{self.iptables_nft}### iptables-legacy\n{self.iptables_legacy}"
-            f"### ebtables-nft\n{self.ebtables}### ipset\n{self.ipset}"
+            f"### ebtables-nft\n{self.ebtables}### ipset\n{self.ipset}### nft\n{self.nft}"
         )
 
 
-def split_fixture(text: str) -> tuple[str, str, str, str]:
-    """The restore texts of GeneratedRuleset.text(); the ipset part is optional."""
+def split_fixture(text: str) -> tuple[str, str, str, str, str]:
+    """The restore texts of GeneratedRuleset.text(); the ipset and nft parts are optional."""
     _, rest = text.split("### iptables-nft\n", 1)
     nft, rest = rest.split("### iptables-legacy\n", 1)
     legacy, rest = rest.split("### ebtables-nft\n", 1)
-    ebtables, _, ipset = rest.partition("### ipset\n")
-    return nft, legacy, ebtables, ipset or EMPTY_IPSETS
+    ebtables, _, rest = rest.partition("### ipset\n")
+    ipset, _, native = rest.partition("### nft\n")
+    return nft, legacy, ebtables, ipset or EMPTY_IPSETS, native
 
 
 @dataclass
@@ -439,4 +442,7 @@ def generate(seed: int) -> GeneratedRuleset:
         empty = _render({t: {c: _Chain("ACCEPT") for c in b} for t, b in BUILTIN.items()}, True)
         nft, legacy = (first, empty) if mode == "nft only" else (empty, first)
     ebtables = gen.ebtables(used=gen.chance(0.4))
-    return GeneratedRuleset(seed, nft, legacy, ebtables, frozenset(gen.features), gen.ipset())
+    # Drawn last: the iptables and ebtables parts of a seed are the ones before native tables.
+    native = NftGenerator(gen.rng, gen.features).script() if gen.chance(0.4) else ""
+    features = frozenset(gen.features | ({"nft native tables"} if native else set()))
+    return GeneratedRuleset(seed, nft, legacy, ebtables, features, gen.ipset(), native)

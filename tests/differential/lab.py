@@ -58,7 +58,7 @@ CONNTRACK_TIMEOUTS = {
     "nf_conntrack_udp_timeout_stream": 5,
 }
 TOOLS = ("ip", "nsenter", "iptables-nft-restore", "iptables-legacy-restore", "iptables-nft-save",
-         "iptables-legacy-save", "ebtables-nft-restore", "ebtables-nft-save", "ipset")  # fmt: skip
+         "iptables-legacy-save", "ebtables-nft-restore", "ebtables-nft-save", "ipset", "nft")  # fmt: skip
 # The lab's ipsets, created once in the host namespace (a set a rule names cannot be destroyed, so
 # each ruleset flushes and refills them instead). Names live only inside that namespace.
 IPSETS = {
@@ -66,6 +66,14 @@ IPSETS = {
     "dnpdiff-nets": "hash:net family inet",
     "dnpdiff-bitmap": "bitmap:ip range 172.18.0.0/24",
 }
+
+
+# The native nftables tables a ruleset may hold (family, name): none is a table iptables-nft or
+# ebtables-nft owns, so deleting them before each ruleset leaves those tools' tables alone
+# (`nft flush ruleset` would remove those too).
+NATIVE_TABLES = (("inet", "dnpdiff_inet"), ("ip", "dnpdiff_ip"), ("bridge", "dnpdiff_bridge"))
+# Creating a table first makes its deletion valid whether or not it exists; one transaction.
+_DELETE_NATIVE = "".join(f"table {f} {n} {{}}\ndelete table {f} {n}\n" for f, n in NATIVE_TABLES)
 
 
 class LabError(RuntimeError):
@@ -90,6 +98,7 @@ class Loaded:
     iptables_legacy: str
     ebtables: str
     ipset: str
+    nft_json: str  # `nft -j list ruleset`: the native tables and iptables-nft's own
 
 
 def address(index: int) -> str:
@@ -254,8 +263,11 @@ class BridgeLab:
     def host_sh(self, script: str, stdin: str | None = None) -> str:
         return self.sh(self.host, script, stdin)
 
-    def load(self, iptables_nft: str, iptables_legacy: str, ebtables: str, ipset: str) -> Loaded:
-        """Refill the sets, replace every table of both iptables backends and ebtables; read back.
+    def load(
+        self, iptables_nft: str, iptables_legacy: str, ebtables: str, ipset: str, nft: str = ""
+    ) -> Loaded:
+        """Refill the sets, replace every table of both iptables backends, ebtables and the
+        native tables (NATIVE_TABLES, an `nft -f` script); read everything back.
 
         `ipset` holds `ipset restore` lines for the sets in IPSETS (flush and add only).
         """
@@ -263,11 +275,15 @@ class BridgeLab:
         self._restore("iptables-nft-restore", iptables_nft)
         self._restore("iptables-legacy-restore", iptables_legacy)
         self._restore("ebtables-nft-restore", ebtables)
+        # The old native tables go and the new ones come in one transaction, after the
+        # iptables-nft tables were replaced: those restores never touch a native table.
+        self._restore("nft -f -", _DELETE_NATIVE + nft)
         return Loaded(
             self.host_sh("iptables-nft-save"),
             self.host_sh("iptables-legacy-save"),
             self.host_sh("ebtables-nft-save"),
             self.host_sh("ipset save"),
+            self.host_sh("nft -j list ruleset"),
         )
 
     def _restore(self, tool: str, text: str) -> None:

@@ -1,8 +1,8 @@
 """Load a ruleset into the lab, ask the evaluator and the kernel about every flow, compare.
 
-The evaluator reads only what the real save tools print back (iptables-nft-save,
-iptables-legacy-save, ebtables-nft-save), parsed by exporter.firewall.parse, exactly as the
-exporter would on a host. A flow's model verdict is built the way exporter/flows.py builds it,
+The evaluator reads only what the real tools print back (iptables-nft-save,
+iptables-legacy-save, ebtables-nft-save, ipset save, `nft -j list ruleset` for the native
+tables), parsed by exporter.firewall.parse, exactly as the exporter would on a host. A flow's model verdict is built the way exporter/flows.py builds it,
 minus ARP (the lab's neighbours are static, so no ARP frame crosses the bridge).
 """
 
@@ -15,9 +15,15 @@ from dataclasses import dataclass, field, replace
 from ipaddress import ip_address
 
 from exporter.firewall.evaluate import Decision, PathInputs, Verdict, evaluate_packet
-from exporter.firewall.parse import parse_ebtables_save, parse_ipset_save, parse_iptables_save
+from exporter.firewall.nft import unsupported
+from exporter.firewall.parse import (
+    parse_ebtables_save,
+    parse_ipset_save,
+    parse_iptables_save,
+    parse_nft_ruleset,
+)
 from exporter.firewall.rules import Ruleset
-from exporter.firewall.state import FirewallState, NftablesInfo
+from exporter.firewall.state import FirewallState
 from exporter.flows import flow_packets
 from tests.differential.generator import GeneratedRuleset, generate
 from tests.differential.lab import (
@@ -101,9 +107,11 @@ def firewall_state(loaded: Loaded) -> tuple[FirewallState, list[str]]:
         parse_iptables_save(loaded.iptables_legacy, "ipv4", "legacy"),
     )
     bridge = parse_ebtables_save(loaded.ebtables)
+    # As the exporter reads nft: the whole ruleset, iptables-nft's tables left to their save tool.
+    nftables = parse_nft_ruleset(loaded.nft_json)
     problems = [p for r in (*rulesets, bridge) for p in _problems(r)]
-    # No nft table besides iptables-nft's and ebtables-nft's exists in the lab.
-    state = FirewallState(None, rulesets, bridge, parse_ipset_save(loaded.ipset), NftablesInfo())
+    problems += unsupported(nftables.native)
+    state = FirewallState(None, rulesets, bridge, parse_ipset_save(loaded.ipset), nftables)
     return state, problems
 
 
@@ -222,8 +230,9 @@ def run_many(lab: BridgeLab, first_seed: int, count: int) -> Tally:
 def shrink(lab: BridgeLab, generated: GeneratedRuleset, flow: Probe) -> GeneratedRuleset:
     """Drop rules one at a time while the flow still disagrees: the smallest ruleset that shows it.
 
-    Whole -A lines go; chains, tables and policies stay (a jump to a missing chain would not
-    load). Greedy, one pass per round until nothing more can go.
+    Whole -A lines go, and whole rules of the native tables (their lines start with two tabs);
+    chains, tables, sets and policies stay (a jump to a missing chain would not load). Greedy,
+    one pass per round until nothing more can go.
     """
 
     def disagrees(candidate: GeneratedRuleset) -> bool:
@@ -233,11 +242,11 @@ def shrink(lab: BridgeLab, generated: GeneratedRuleset, flow: Probe) -> Generate
     shrunk = True
     while shrunk:
         shrunk = False
-        for which in ("iptables_nft", "iptables_legacy", "ebtables"):
+        for which in ("iptables_nft", "iptables_legacy", "ebtables", "nft"):
             lines = getattr(current, which).splitlines()
             index = 0
             while index < len(lines):
-                if not lines[index].startswith("-A "):
+                if not _is_rule(lines[index]):
                     index += 1
                     continue
                 trial_lines = lines[:index] + lines[index + 1 :]
@@ -249,12 +258,19 @@ def shrink(lab: BridgeLab, generated: GeneratedRuleset, flow: Probe) -> Generate
     return current
 
 
+def _is_rule(line: str) -> bool:
+    """An iptables/ebtables -A line, or a rule of a native table (not a base chain's header)."""
+    native = line.startswith("\t\t") and not line.startswith("\t\ttype ")
+    return line.startswith("-A ") or native
+
+
 def _replace(generated: GeneratedRuleset, which: str, text: str) -> GeneratedRuleset:
     fields = {
         "iptables_nft": generated.iptables_nft,
         "iptables_legacy": generated.iptables_legacy,
         "ebtables": generated.ebtables,
         "ipset": generated.ipset,
+        "nft": generated.nft,
         which: text,
     }
     return GeneratedRuleset(generated.seed, features=generated.features, **fields)

@@ -3,7 +3,7 @@
 A fixed seeded set of random rulesets is loaded into a dockerd-free bridge lab (see lab.py) and
 every flow is probed; an allow or deny that the kernel contradicts fails, printing the seed, the
 flow and the ruleset. Unknown is allowed and counted per generator feature (the table is printed).
-Regression fixtures keep each disagreement found (each an evaluator bug, fixed since).
+Regression fixtures keep each disagreement found (each an evaluator bug; KNOWN_BUGS: not fixed yet).
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 
 from exporter.firewall.evaluate import Verdict
+from exporter.firewall.parse import parse_nft_ruleset
 from tests.differential.fixtures import Fixture, fixtures, read_fixture
 from tests.differential.generator import DPORTS, MULTI_DPORTS, generate
-from tests.differential.lab import UNNAMED_PORT, BridgeLab, lab_namespaces
+from tests.differential.lab import NATIVE_TABLES, UNNAMED_PORT, BridgeLab, lab_namespaces
+from tests.differential.nft_generator import DPORTS as NFT_DPORTS
 from tests.differential.run import FlowResult, run_many, run_ruleset
 
 pytestmark = pytest.mark.lab
@@ -49,8 +51,22 @@ def test_random_rulesets_agree_with_the_kernel(
     assert tally.verdicts["kernel dropped"] >= 0.2 * tally.compared
 
 
+# Fixtures of evaluator bugs not fixed yet: the evaluator side must fail until exporter/ is fixed.
+KNOWN_BUGS = {
+    "nft-reject-icmpv6-implies-ipv6": (
+        "evaluator bug: nft prints `meta nfproto ipv6 ... reject` without the nfproto match (the "
+        "reject type icmpv6 implies it); nft.py's walk takes every reject as a drop for IPv4 too"
+    ),
+}
+
+
 def _fixture_params() -> list[object]:
-    return [pytest.param(path, id=path.stem) for path in fixtures()]
+    return [
+        pytest.param(path, id=path.stem, marks=pytest.mark.xfail(strict=True, reason=reason))
+        if (reason := KNOWN_BUGS.get(path.stem))
+        else pytest.param(path, id=path.stem)
+        for path in fixtures()
+    ]
 
 
 _kernel_cache: dict[Path, tuple[Fixture, list[FlowResult]]] = {}
@@ -84,6 +100,10 @@ def test_no_generated_destination_port_names_the_unnamed_port() -> None:
         for part in text.split(","):
             low, _, high = part.partition(":")
             assert not int(low) <= UNNAMED_PORT <= int(high or low), text
+    for text in NFT_DPORTS:
+        for part in text.strip("{ }").split(","):
+            low, _, high = part.strip().partition("-")
+            assert not int(low) <= UNNAMED_PORT <= int(high or low), text
 
 
 def test_the_generator_is_seeded() -> None:
@@ -92,3 +112,23 @@ def test_the_generator_is_seeded() -> None:
     text = "".join(generate(seed).text() for seed in range(300))
     # The constructs the first differential runs found evaluator bugs in stay generated.
     assert "physdev" in text and "-A PREROUTING -m conntrack" in text
+
+
+def test_native_tables_are_in_some_rulesets_and_only_the_labs_own() -> None:
+    scripts = [generate(seed).nft for seed in range(1, 201)]
+    with_native = [s for s in scripts if s]
+    assert 0.3 * len(scripts) <= len(with_native) <= 0.5 * len(scripts)
+    named = {tuple(line.split()[1:3]) for s in with_native for line in s.splitlines()
+             if line.startswith("table ")}  # fmt: skip
+    assert named == set(NATIVE_TABLES)
+
+
+def test_native_tables_of_one_ruleset_are_gone_in_the_next(lab: BridgeLab) -> None:
+    with_native = next(g for g in map(generate, range(1, 50)) if g.nft.count("table ") == 3)
+    without = next(g for g in map(generate, range(1, 50)) if not g.nft)
+    loaded = lab.load(*with_native.restore_texts())
+    assert {f"{f} {n}" for f, n in NATIVE_TABLES} <= set(parse_nft_ruleset(loaded.nft_json).tables)
+    tables = parse_nft_ruleset(lab.load(*without.restore_texts()).nft_json).tables
+    assert not {f"{f} {n}" for f, n in NATIVE_TABLES} & set(tables)
+    # Deleting the native tables leaves iptables-nft's and ebtables-nft's own in place.
+    assert {"ip filter", "ip mangle", "bridge filter"} <= set(tables)
