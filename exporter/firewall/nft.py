@@ -388,6 +388,8 @@ class NftWalk:
         """`sure`: every branch reaching the rule takes the verdict (else some skip it)."""
         if kind == "accept":
             return [Outcome("ACCEPT", where)], False
+        if kind == "reject" and not self._rejects(body):
+            return [], True
         if kind in ("drop", "reject"):
             return [Outcome("DROP", where)], False
         if kind == "return":
@@ -406,6 +408,21 @@ class NftWalk:
             return results, False  # a return there returns from the calling chain too
         ends = [o for o in results if o.kind != "RETURN"]
         return ends, len(ends) < len(results)
+
+    def _rejects(self, body: Any) -> bool:
+        """Whether a reject applies to this packet. nft adds a hidden match for what the reply
+        type needs and does not list it: `with icmpv6` only rejects IPv6, `with icmp` IPv4,
+        `with tcp reset` TCP; `icmpx` or no type any IP packet (never an ARP frame)."""
+        if self.packet.protocol == "arp":
+            return False
+        kind = body.get("type") if isinstance(body, dict) else None
+        if kind == "icmpv6":
+            return self.packet.family == "ipv6"
+        if kind == "icmp":
+            return self.packet.family == "ipv4"
+        if kind == "tcp reset":
+            return self.packet.protocol == "tcp"
+        return True
 
     def _vmap(
         self, rule: NftRule, body: dict, where: str, depth: int, sure: bool

@@ -3,7 +3,8 @@
 A fixed seeded set of random rulesets is loaded into a dockerd-free bridge lab (see lab.py) and
 every flow is probed; an allow or deny that the kernel contradicts fails, printing the seed, the
 flow and the ruleset. Unknown is allowed and counted per generator feature (the table is printed).
-Regression fixtures keep each disagreement found (each an evaluator bug; KNOWN_BUGS: not fixed yet).
+Regression fixtures keep each disagreement found (each an evaluator bug; KNOWN_BUGS lists those
+not fixed yet: none now).
 """
 
 from __future__ import annotations
@@ -52,12 +53,7 @@ def test_random_rulesets_agree_with_the_kernel(
 
 
 # Fixtures of evaluator bugs not fixed yet: the evaluator side must fail until exporter/ is fixed.
-KNOWN_BUGS = {
-    "nft-reject-icmpv6-implies-ipv6": (
-        "evaluator bug: nft prints `meta nfproto ipv6 ... reject` without the nfproto match (the "
-        "reject type icmpv6 implies it); nft.py's walk takes every reject as a drop for IPv4 too"
-    ),
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def _fixture_params() -> list[object]:
