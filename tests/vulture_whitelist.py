@@ -50,3 +50,9 @@ _._m_dport
 _._m_sport
 _._m_multiport
 _._m_tcpflags
+# tests/differential/nft_generator.py calls its match makers by name the same way.
+_._m_named_set
+_._m_undecidable
+_._m_ct_state
+_._m_ct_direction
+_._m_th_dport

@@ -17,13 +17,11 @@ threads that entered a container namespace with setns(2) (it moves only the call
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import secrets
 import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +45,7 @@ from exporter.report import (
     MISSING_ACCEPT_RULE,
     UNEXPECTED_ACCEPT_RULE,
 )
+from tests.netns import enter, run
 
 pytestmark = pytest.mark.lab
 
@@ -63,7 +62,6 @@ TCP_PORTS = (80, 8080)
 UDP_PORTS = (80, 5005)
 # A dropped SYN or datagram is a timeout; an accepted one arrives in well under a millisecond.
 TIMEOUT = 0.5
-CLONE_NEWNET = 0x40000000
 TOOLS = ("ip", "nsenter", "nft", "iptables-nft-save", "ip6tables-nft-save", "ebtables-nft-save")
 # nft 1.0.6 refuses `priority dstnat` at hook output: load priority names as their numbers.
 PRIORITIES = {"raw": "-300", "dstnat": "-100", "filter": "0", "srcnat": "100"}
@@ -93,24 +91,6 @@ FLOWS: list[Flow] = [
     for protocol, ports in (("tcp", TCP_PORTS), ("udp", UDP_PORTS))
     for port in ports
 ]
-
-
-def run(args: list[str], stdin: str | None = None) -> str:
-    done = subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=30)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
-    return done.stdout
-
-
-def enter(netns: str) -> None:
-    """Thread initializer: move this worker thread (only it) into a network namespace."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {netns}")
-    finally:
-        os.close(fd)
 
 
 def mac(index: int) -> str:
@@ -305,7 +285,7 @@ def containers(net: Network) -> list[Container]:
 
 def state(*networks: Network) -> DockerState:
     found = [c for net in networks for c in containers(net)]
-    return DockerState("29.0.0", "1.52", networks=networks, containers=tuple(found))
+    return DockerState("29.0.0", networks=networks, containers=tuple(found))
 
 
 LINK_STATE = state(network("docker0", False))

@@ -15,12 +15,10 @@ entered a container namespace with setns(2) (it moves only the calling thread).
 
 from __future__ import annotations
 
-import ctypes
 import os
 import secrets
 import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +31,7 @@ from exporter.firewall.evaluate import PathInputs, Verdict, evaluate_packet
 from exporter.firewall.matches import Packet
 from exporter.firewall.parse import parse_ebtables_save, parse_iptables_save, parse_nft_ruleset
 from exporter.firewall.state import FirewallState
+from tests.netns import enter, run
 
 pytestmark = pytest.mark.lab
 
@@ -58,7 +57,6 @@ COMMIT
 """
 # A dropped SYN or datagram is a timeout; an accepted one arrives in well under a millisecond.
 TIMEOUT = 0.5
-CLONE_NEWNET = 0x40000000
 # (family, source index, target index, protocol, port)
 Flow = tuple[str, int, int, str, int]
 TOOLS = ("ip", "nsenter", "nft", "iptables-nft-restore", "iptables-nft-save",
@@ -75,24 +73,6 @@ def socket_family(family: str) -> socket.AddressFamily:
 
 def mac(index: int) -> str:
     return f"02:42:ac:1e:00:{index + 2:02x}"
-
-
-def run(args: list[str], stdin: str | None = None) -> str:
-    done = subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=30)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
-    return done.stdout
-
-
-def enter(netns: str) -> None:
-    """Thread initializer: move this worker thread (only it) into a network namespace."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {netns}")
-    finally:
-        os.close(fd)
 
 
 class NftLab:
