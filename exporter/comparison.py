@@ -220,9 +220,7 @@ def rule_findings(
                 name=network.name,
                 bridge=network.bridge,
                 icc=network.icc,
-                containers=len(
-                    {m.container.id for fam in expectation.members.values() for m in fam}
-                ),
+                containers=expectation.containers,
                 expected_accept_rules=len(expected_rules) if not network.icc else 0,
                 missing_accept_rules=len(missing),
                 unexpected_accept_rules=len(unexpected),

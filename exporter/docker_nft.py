@@ -437,9 +437,7 @@ def docker_nft_statuses(
                 name=network.name,
                 bridge=network.bridge,
                 icc=network.icc,
-                containers=len(
-                    {m.container.id for found in expectation.members.values() for m in found}
-                ),
+                containers=expectation.containers,
                 expected_accept_rules=0 if network.icc else 2 * len(expectation.link_flows),
                 missing_accept_rules=sum(
                     f.kind == MISSING_ACCEPT_RULE and f.port is not None for f in mine

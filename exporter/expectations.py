@@ -51,6 +51,11 @@ class NetworkExpectation:
     members: dict[str, tuple[Member, ...]]  # by family: "ipv4", "ipv6"
     link_flows: tuple[LinkFlow, ...] = ()
 
+    @property
+    def containers(self) -> int:
+        """Running containers on the network, whichever families they have addresses in."""
+        return len({m.container.id for found in self.members.values() for m in found})
+
     def expected_rules(self) -> tuple[ExpectedRule, ...]:
         return tuple(
             rule for link in self.link_flows for rule in link_rules(link, self.network.bridge)
