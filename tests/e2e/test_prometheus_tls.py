@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.prometheus]
 DEADLINE = 30  # seconds for a target to reach its expected health
 
 
-def fake_check(check_config, files):
+def fake_check(check_config, files, progress):
     return Report(started=time.time(), duration_seconds=0.01, up=True, evaluated=True), {}
 
 
