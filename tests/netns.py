@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import ctypes
 import os
+import socket
 import subprocess
+from collections.abc import Iterable
+
+from exporter.firewall.parse import parse_ebtables_save, parse_iptables_save, parse_nft_ruleset
+from exporter.firewall.rules import Backend
+from exporter.firewall.state import FirewallState
 
 CLONE_NEWNET = 0x40000000
 
@@ -29,3 +35,42 @@ def enter(netns: str) -> None:
             raise OSError(ctypes.get_errno(), f"setns {netns}")
     finally:
         os.close(fd)
+
+
+def sh(netns: str, script: str, stdin: str | None = None) -> str:
+    """A shell script run inside a network namespace."""
+    return run(["nsenter", f"--net=/run/netns/{netns}", "sh", "-c", script], stdin)
+
+
+def delete_namespaces(names: Iterable[str]) -> None:
+    for netns in names:
+        if os.path.exists(f"/run/netns/{netns}"):
+            run(["ip", "netns", "delete", netns])
+
+
+def firewall_state(netns: str, primary_backend: Backend | None) -> FirewallState:
+    """What the namespace's kernel holds, read the way the exporter reads it: the nft save tools
+    and `nft -j list ruleset`."""
+    return FirewallState(
+        primary_backend=primary_backend,
+        rulesets=(
+            parse_iptables_save(sh(netns, "iptables-nft-save"), "ipv4"),
+            parse_iptables_save(sh(netns, "ip6tables-nft-save"), "ipv6"),
+        ),
+        bridge=parse_ebtables_save(sh(netns, "ebtables-nft-save")),
+        ipsets={},
+        nftables=parse_nft_ruleset(sh(netns, "nft -j list ruleset")),
+    )
+
+
+def tcp_connects(family: socket.AddressFamily, address: str, port: int, timeout: float) -> bool:
+    """Whether a TCP connection from the calling thread's namespace is accepted in time."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect((address, port))
+        return True
+    except OSError:  # timeout (dropped) or refused/unreachable (rejected)
+        return False
+    finally:
+        sock.close()

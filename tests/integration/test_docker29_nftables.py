@@ -35,7 +35,6 @@ from exporter.comparison import flow_findings
 from exporter.docker_nft import docker_nft_findings
 from exporter.expectations import network_expectations
 from exporter.firewall.evaluate import PathInputs, Verdict, evaluate_packet
-from exporter.firewall.parse import parse_ebtables_save, parse_iptables_save, parse_nft_ruleset
 from exporter.firewall.state import FirewallState
 from exporter.flows import evaluate_flows, flow_packets
 from exporter.model import Container, DockerState, Endpoint, ExposedPort, Link, Network
@@ -45,7 +44,7 @@ from exporter.report import (
     MISSING_ACCEPT_RULE,
     UNEXPECTED_ACCEPT_RULE,
 )
-from tests.netns import enter, run
+from tests.netns import delete_namespaces, enter, firewall_state, run, sh, tcp_connects
 
 pytestmark = pytest.mark.lab
 
@@ -115,9 +114,6 @@ class Docker29Lab:
         self.sockets: list[socket.socket] = []
         self.receivers: list[socket.socket] = []
 
-    def sh(self, netns: str, script: str, stdin: str | None = None) -> str:
-        return run(["nsenter", f"--net=/run/netns/{netns}", "sh", "-c", script], stdin)
-
     def build(self) -> None:
         for netns in [self.host, *self.namespaces]:
             run(["ip", "netns", "add", netns])
@@ -126,16 +122,16 @@ class Docker29Lab:
             f"ip addr add {prefix}1/24 dev {bridge}"
             for bridge, (prefix, _) in BRIDGES.items()
         )
-        self.sh(
+        sh(
             self.host,
             f"ip link set lo up && {bridges} && "
             "echo 1 > /proc/sys/net/bridge/bridge-nf-call-iptables && "
             "echo 1 > /proc/sys/net/bridge/bridge-nf-call-ip6tables",
         )
-        if self.sh(self.host, "cat /proc/sys/net/bridge/bridge-nf-call-iptables").strip() != "1":
+        if sh(self.host, "cat /proc/sys/net/bridge/bridge-nf-call-iptables").strip() != "1":
             raise RuntimeError("bridge-nf-call-iptables is not 1 in the lab (br_netfilter?)")
         for index, (place, netns) in enumerate(zip(PLACES, self.namespaces, strict=True)):
-            self.sh(
+            sh(
                 self.host,
                 f"ip link add v{index} type veth peer name eth0 netns {netns} && "
                 f"ip link set v{index} master {place.bridge} up",
@@ -145,7 +141,7 @@ class Docker29Lab:
                 for other, peer in enumerate(PLACES)
                 if peer.bridge == place.bridge and other != index
             )
-            self.sh(
+            sh(
                 netns,
                 f"ip link set eth0 address {mac(index)} && ip addr add {place.address}/24 dev "
                 f"eth0 && ip link set eth0 up && ip link set lo up{neighbours}",
@@ -171,36 +167,17 @@ class Docker29Lab:
             worker.shutdown(wait=True)
         for sock in [*self.sockets, *self.receivers]:
             sock.close()
-        for netns in [self.host, *self.namespaces]:
-            if os.path.exists(f"/run/netns/{netns}"):
-                run(["ip", "netns", "delete", netns])
+        delete_namespaces([self.host, *self.namespaces])
 
     def load(self, ruleset: str) -> FirewallState:
         """Only this ruleset in the kernel; the state as nft and the save tools print it."""
-        self.sh(self.host, "nft flush ruleset")
-        self.sh(self.host, "nft -f -", ruleset)
-        return FirewallState(
-            primary_backend=None,
-            rulesets=(
-                parse_iptables_save(self.sh(self.host, "iptables-nft-save"), "ipv4"),
-                parse_iptables_save(self.sh(self.host, "ip6tables-nft-save"), "ipv6"),
-            ),
-            bridge=parse_ebtables_save(self.sh(self.host, "ebtables-nft-save")),
-            ipsets={},
-            nftables=parse_nft_ruleset(self.sh(self.host, "nft -j list ruleset")),
-        )
+        sh(self.host, "nft flush ruleset")
+        sh(self.host, "nft -f -", ruleset)
+        return firewall_state(self.host, None)
 
     @staticmethod
     def tcp(target: str, port: int) -> bool:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.settimeout(TIMEOUT)
-        try:
-            sock.connect((target, port))
-            return True
-        except OSError:  # timeout (dropped) or refused/unreachable (rejected)
-            return False
-        finally:
-            sock.close()
+        return tcp_connects(socket.AF_INET, target, port, TIMEOUT)
 
     def send(self, target: str, port: int) -> bytes:
         token = f"{self.name} {target} {port} {secrets.token_hex(4)}".encode()

@@ -29,9 +29,8 @@ import pytest
 
 from exporter.firewall.evaluate import PathInputs, Verdict, evaluate_packet
 from exporter.firewall.matches import Packet
-from exporter.firewall.parse import parse_ebtables_save, parse_iptables_save, parse_nft_ruleset
 from exporter.firewall.state import FirewallState
-from tests.netns import enter, run
+from tests.netns import delete_namespaces, enter, firewall_state, run, sh, tcp_connects
 
 pytestmark = pytest.mark.lab
 
@@ -84,20 +83,17 @@ class NftLab:
         self.listeners: list[socket.socket] = []
         self.receivers: dict[tuple[str, int, int], socket.socket] = {}
 
-    def sh(self, netns: str, script: str, stdin: str | None = None) -> str:
-        return run(["nsenter", f"--net=/run/netns/{netns}", "sh", "-c", script], stdin)
-
     def build(self) -> None:
         for netns in [self.host, *self.containers]:
             run(["ip", "netns", "add", netns])
-        self.sh(
+        sh(
             self.host,
             f"ip link add {BRIDGE} type bridge && ip link set {BRIDGE} up && ip link set lo up && "
             f"ip addr add {SUBNET}1/24 dev {BRIDGE} && "
             "echo 1 > /proc/sys/net/bridge/bridge-nf-call-iptables && "
             "echo 1 > /proc/sys/net/bridge/bridge-nf-call-ip6tables",
         )
-        sysctls = self.sh(
+        sysctls = sh(
             self.host,
             "cat /proc/sys/net/bridge/bridge-nf-call-iptables "
             "/proc/sys/net/bridge/bridge-nf-call-ip6tables",
@@ -105,7 +101,7 @@ class NftLab:
         if sysctls.split() != ["1", "1"]:
             raise RuntimeError("bridge-nf-call-ip(6)tables are not 1 in the lab (br_netfilter?)")
         for index, netns in enumerate(self.containers):
-            self.sh(
+            sh(
                 self.host,
                 f"ip link add veth{index} type veth peer name eth0 netns {netns} && "
                 f"ip link set veth{index} master {BRIDGE} up",
@@ -117,7 +113,7 @@ class NftLab:
                 if peer != index
                 for family in FAMILIES
             )
-            self.sh(
+            sh(
                 netns,
                 f"ip link set eth0 address {mac(index)} && ip addr add {address(index)}/24 dev "
                 f"eth0 && ip addr add {address(index, 'ipv6')}/64 dev eth0 nodad && "
@@ -146,37 +142,19 @@ class NftLab:
             worker.shutdown(wait=True)
         for sock in [*self.listeners, *self.receivers.values()]:
             sock.close()
-        for netns in [self.host, *self.containers]:
-            if os.path.exists(f"/run/netns/{netns}"):
-                run(["ip", "netns", "delete", netns])
+        delete_namespaces([self.host, *self.containers])
 
     def load(self, nft_file: Path) -> FirewallState:
         """Docker-like iptables rules plus one native ruleset; the state as the tools print it."""
-        self.sh(self.host, "nft flush ruleset")
-        self.sh(self.host, "iptables-nft-restore", IPTABLES)
-        self.sh(self.host, "ip6tables-nft-restore", IPTABLES)
-        self.sh(self.host, "nft -f -", nft_file.read_text().replace("flush ruleset", ""))
-        iptables = parse_iptables_save(self.sh(self.host, "iptables-nft-save"), "ipv4")
-        ip6tables = parse_iptables_save(self.sh(self.host, "ip6tables-nft-save"), "ipv6")
-        return FirewallState(
-            primary_backend="nft",
-            rulesets=(iptables, ip6tables),
-            bridge=parse_ebtables_save(self.sh(self.host, "ebtables-nft-save")),
-            ipsets={},
-            nftables=parse_nft_ruleset(self.sh(self.host, "nft -j list ruleset")),
-        )
+        sh(self.host, "nft flush ruleset")
+        sh(self.host, "iptables-nft-restore", IPTABLES)
+        sh(self.host, "ip6tables-nft-restore", IPTABLES)
+        sh(self.host, "nft -f -", nft_file.read_text().replace("flush ruleset", ""))
+        return firewall_state(self.host, "nft")
 
     @staticmethod
     def tcp(family: str, src: int, dst: int, port: int) -> bool:
-        sock = socket.socket(socket_family(family), socket.SOCK_STREAM)
-        sock.settimeout(TIMEOUT)
-        try:
-            sock.connect((address(dst, family), port))
-            return True
-        except OSError:  # timeout (dropped) or refused/unreachable (rejected)
-            return False
-        finally:
-            sock.close()
+        return tcp_connects(socket_family(family), address(dst, family), port, TIMEOUT)
 
     def send(self, family: str, src: int, dst: int, port: int) -> bytes:
         token = f"{self.name} {family} {src} {dst} {port} {secrets.token_hex(4)}".encode()
