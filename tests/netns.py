@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import socket
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from ipaddress import ip_address
+from typing import Any
 
+from exporter.firewall.evaluate import PathInputs, evaluate_packet
 from exporter.firewall.parse import parse_ebtables_save, parse_iptables_save, parse_nft_ruleset
 from exporter.firewall.rules import Backend
 from exporter.firewall.state import FirewallState
+from exporter.flows import flow_packets
+from exporter.verdict import Verdict
 
 CLONE_NEWNET = 0x40000000
 
@@ -74,3 +80,38 @@ def tcp_connects(family: socket.AddressFamily, address: str, port: int, timeout:
         return False
     finally:
         sock.close()
+
+
+def flow_verdict(
+    inputs: PathInputs,
+    family: str,
+    source: str,
+    target: str,
+    bridge: str,
+    protocol: str,
+    port: int,
+    *,
+    arp: bool,
+) -> Verdict:
+    """The evaluator's verdict on a flow as exporter/flows.py decides it: every packet the flow
+    needs (flows.flow_packets) must pass; a sure drop denies, else an unknown packet wins."""
+    packets = flow_packets(
+        family, ip_address(source), ip_address(target), bridge, protocol, port, arp=arp
+    )
+    verdicts = {evaluate_packet(packet, inputs).verdict for packet in packets}
+    for verdict in (Verdict.DENY, Verdict.UNKNOWN):
+        if verdict in verdicts:
+            return verdict
+    return Verdict.ALLOW
+
+
+def module_lab(lab: Any, tools: Iterable[str]) -> Iterator[Any]:
+    """Body of a module-scoped lab fixture: fail (never skip) without root or a tool; build the
+    lab, hand it out, and tear it down even when a test fails."""
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    assert os.geteuid() == 0 and not missing, f"needs root and {missing}"
+    try:
+        lab.build()
+        yield lab
+    finally:
+        lab.close()

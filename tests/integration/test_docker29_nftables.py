@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -34,9 +33,9 @@ import pytest
 from exporter.comparison import flow_findings
 from exporter.docker_nft import docker_nft_findings
 from exporter.expectations import network_expectations
-from exporter.firewall.evaluate import PathInputs, Verdict, evaluate_packet
+from exporter.firewall.evaluate import PathInputs, Verdict
 from exporter.firewall.state import FirewallState
-from exporter.flows import evaluate_flows, flow_packets
+from exporter.flows import evaluate_flows
 from exporter.model import Container, DockerState, Endpoint, ExposedPort, Link, Network
 from exporter.report import (
     BLOCKED_LINK_FLOW,
@@ -44,7 +43,16 @@ from exporter.report import (
     MISSING_ACCEPT_RULE,
     UNEXPECTED_ACCEPT_RULE,
 )
-from tests.netns import delete_namespaces, enter, firewall_state, run, sh, tcp_connects
+from tests.netns import (
+    delete_namespaces,
+    enter,
+    firewall_state,
+    flow_verdict,
+    module_lab,
+    run,
+    sh,
+    tcp_connects,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -218,18 +226,12 @@ class Docker29Lab:
 
 
 def evaluated(inputs: PathInputs, flow: Flow) -> Verdict:
-    """Every packet the flow needs (flows.flow_packets): a drop denies, else unknown wins."""
     s, t, protocol, port = flow
     source, target = PLACES[s], PLACES[t]
-    packets = flow_packets(
-        "ipv4", ip_address(source.address), ip_address(target.address), source.bridge,
-        protocol, port, arp=inputs.decides_arp(),
+    return flow_verdict(
+        inputs, "ipv4", source.address, target.address, source.bridge, protocol, port,
+        arp=inputs.decides_arp(),
     )  # fmt: skip
-    verdicts = {evaluate_packet(p, inputs).verdict for p in packets}
-    for verdict in (Verdict.DENY, Verdict.UNKNOWN):
-        if verdict in verdicts:
-            return verdict
-    return Verdict.ALLOW
 
 
 # ---- the declared states of the fixtures ----------------------------------------------------
@@ -330,14 +332,7 @@ SCENARIOS = {
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Docker29Lab]:
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-    assert os.geteuid() == 0 and not missing, f"needs root and {missing}"  # fail, never skip
-    lab = Docker29Lab()
-    try:
-        lab.build()
-        yield lab
-    finally:
-        lab.close()
+    yield from module_lab(Docker29Lab(), TOOLS)
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))

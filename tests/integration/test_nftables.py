@@ -17,20 +17,26 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
 
-from exporter.firewall.evaluate import PathInputs, Verdict, evaluate_packet
-from exporter.firewall.matches import Packet
+from exporter.firewall.evaluate import PathInputs, Verdict
 from exporter.firewall.state import FirewallState
-from tests.netns import delete_namespaces, enter, firewall_state, run, sh, tcp_connects
+from tests.netns import (
+    delete_namespaces,
+    enter,
+    firewall_state,
+    flow_verdict,
+    module_lab,
+    run,
+    sh,
+    tcp_connects,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -194,32 +200,17 @@ class NftLab:
 
 
 def expected(state: FirewallState, flow: Flow) -> Verdict:
-    """The evaluator's verdict: the first packet, and for TCP the SYN-ACK back."""
+    """The evaluator's verdict; the lab's neighbours are static, so no ARP crosses the bridge."""
     family, src, dst, protocol, port = flow
-    inputs = PathInputs(state, 1, 1)
-    first = Packet(family, ip_address(address(src, family)), ip_address(address(dst, family)),  # type: ignore[arg-type]
-                   BRIDGE, BRIDGE, protocol, None, port)  # fmt: skip
-    packets = [first]
-    if protocol == "tcp":
-        packets.append(Packet(first.family, first.dst, first.src, BRIDGE, BRIDGE, "tcp", port,
-                              None, "ESTABLISHED", reply=True))  # fmt: skip
-    verdicts = {evaluate_packet(p, inputs).verdict for p in packets}
-    for verdict in (Verdict.UNKNOWN, Verdict.DENY):
-        if verdict in verdicts:
-            return verdict
-    return Verdict.ALLOW
+    return flow_verdict(
+        PathInputs(state, 1, 1), family, address(src, family), address(dst, family), BRIDGE,
+        protocol, port, arp=False,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[NftLab]:
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-    assert os.geteuid() == 0 and not missing, f"needs root and {missing}"  # fail, never skip
-    lab = NftLab()
-    try:
-        lab.build()
-        yield lab
-    finally:
-        lab.close()
+    yield from module_lab(NftLab(), TOOLS)
 
 
 FLOWS: list[Flow] = [
