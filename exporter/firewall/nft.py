@@ -41,6 +41,19 @@ VERDICTS = frozenset({"accept", "drop", "reject", "jump", "goto", "return", "con
 ETHER_TYPES = {"ipv4": "ip", "ipv6": "ip6", "arp": "arp"}
 
 
+# Tables iptables-nft (ip, ip6) and ebtables-nft (bridge) create; their save tools print them.
+IPTABLES_SAVE_TABLES = frozenset({"filter", "nat", "mangle", "raw", "security"})
+EBTABLES_SAVE_TABLES = frozenset({"filter", "nat", "broute"})
+
+
+def save_tool_table(family: str, name: str) -> bool:
+    """Whether a table is one iptables-nft-save or ebtables-nft-save prints (the kernel keys a
+    table by family and name, so a native table with such a name is that one too)."""
+    if family in ("ip", "ip6"):
+        return name in IPTABLES_SAVE_TABLES
+    return family == "bridge" and name in EBTABLES_SAVE_TABLES
+
+
 # ---- model -----------------------------------------------------------------------------------
 
 

@@ -31,14 +31,17 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import os
 import re
 import threading
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from exporter.config import DEFAULT_PROCFS
+from exporter.firewall.nft import NftRuleset, save_tool_table
 from exporter.firewall.parse import (
     parse_ebtables_save,
     parse_ipset_save,
@@ -55,6 +58,15 @@ from exporter.firewall.rules import (
 )
 from exporter.firewall.state import NftablesInfo
 from exporter.sources.base import SourceError, decode, find_binary, require, run_tool
+from exporter.sources.kernel import (
+    DEFAULT_SYSFS,
+    EBTABLES,
+    IP_SET,
+    NF_TABLES,
+    Decision,
+    Kernel,
+    record,
+)
 
 # What iptables-nft-save's comment about a table it cannot show says (lower case).
 INCOMPATIBLE_TABLE = "incompatible"
@@ -69,6 +81,7 @@ EBTABLES_LEGACY_FILE = "ebtables-legacy-save.txt"
 IPSET_FILE = "ipset-save.txt"
 NFT_FILE = "nft-ruleset.json"
 NFT_EMPTY = '{"nftables": []}\n'
+NFT_CHAINS_FILE = "nft-chains.json"
 
 _CHAIN_LINE = re.compile(r"^:(\S+)\s+(\S+)")
 
@@ -135,6 +148,7 @@ class IptablesSource:
         *,
         path: str | None = None,
         procfs: str = DEFAULT_PROCFS,
+        sysfs: str = DEFAULT_SYSFS,
     ) -> None:
         if family not in ("ipv4", "ipv6"):
             raise ValueError(f"family must be ipv4 or ipv6, not {family!r}")
@@ -145,8 +159,10 @@ class IptablesSource:
         self.timeout = timeout
         self.path = path
         self.procfs = procfs
+        self.sysfs = sysfs
         self.tool = "iptables" if family == "ipv4" else "ip6tables"
         self.name = self.tool
+        self.kernel_file = kernel_file(self.name)
         self.save_file = f"{self.tool}-save.txt"
         self.backend_file = (
             "firewall-backend.txt" if family == "ipv4" else "firewall-backend-ipv6.txt"
@@ -203,13 +219,18 @@ class IptablesSource:
 
     def fetch(self) -> dict[str, str]:
         outputs: dict[Backend, str] = {}
+        kernel = Kernel(self.name, self.procfs, self.sysfs)
+        gates: dict[Backend, Decision] = {
+            "legacy": kernel.legacy_iptables(self.family),
+            "nft": kernel.decide(NF_TABLES),
+        }
         # Read before the dumps: tables only appear, so a dump taken after lists them all.
         legacy_tables = self._legacy_tables()
         binaries = self._binaries()
         if self.backend == "libiptc":
             outputs["legacy"] = read_libiptc(self.family, self.procfs, self.timeout)
             if "nft" in binaries:
-                outputs["nft"] = self._run_save(binaries["nft"])
+                outputs["nft"] = self._gated_save(binaries["nft"], gates["nft"])
             primary: Backend = "legacy"
         else:
             if self.backend in BACKENDS and self.backend not in binaries:
@@ -219,7 +240,7 @@ class IptablesSource:
                     f"{self.tool}-nft-save, {self.tool}-legacy-save and {self.tool}-save"
                 )
             for backend, binary in binaries.items():
-                outputs[backend] = self._run_save(binary)
+                outputs[backend] = self._gated_save(binary, gates[backend])
             if self.backend in BACKENDS:
                 primary = self.backend  # type: ignore[assignment]
             else:
@@ -228,6 +249,7 @@ class IptablesSource:
             self.save_file: outputs[primary],
             self.backend_file: primary + "\n",
             self.legacy_tables_file: legacy_tables,
+            self.kernel_file: record(list(gates.values())),
         }
         for backend, text in outputs.items():
             if backend != primary:
@@ -235,6 +257,11 @@ class IptablesSource:
                 # kernel's, and a missing file would look like a table cut off.
                 files[self.backend_save_file(backend)] = text
         return files
+
+    def _gated_save(self, binary: str, gate: Decision) -> str:
+        """The backend's dump; "" without running the tool when its module is absent: no table of
+        that backend can exist, and the tool would make the kernel load the module."""
+        return self._run_save(binary) if gate.runs else ""
 
     def _run_save(self, binary: str) -> str:
         benign = BENIGN_STDERR.get(os.path.basename(binary), frozenset())
@@ -483,18 +510,44 @@ def _address(value: str | None, family: str) -> tuple[str, str] | None:
 
 
 class _ToolSource:
-    """A source that runs one read-only tool; `path` and `sysfs` let tests point at fakes."""
+    """A source that runs read-only tools; `path`, `procfs` and `sysfs` let tests point at fakes."""
+
+    name: str
 
     def __init__(
-        self, timeout: float = 5.0, *, path: str | None = None, sysfs: str = "/sys"
+        self,
+        timeout: float = 5.0,
+        *,
+        path: str | None = None,
+        procfs: str = DEFAULT_PROCFS,
+        sysfs: str = DEFAULT_SYSFS,
     ) -> None:
         self.timeout = timeout
         self.path = path
+        self.procfs = procfs
         self.sysfs = sysfs
+
+    @property
+    def kernel(self) -> Kernel:
+        return Kernel(self.name, self.procfs, self.sysfs)
 
     def _run(self, binary: str, *args: str) -> str:
         benign = BENIGN_STDERR.get(os.path.basename(binary), frozenset())
         return run_tool(self.name, [binary, *args], self.timeout, benign_stderr=benign)
+
+    def _need(self, tool: str, package: str, gate: Decision) -> str:
+        binary = find_binary(self.name, tool, self.path)
+        if binary is None:
+            raise SourceError(
+                f"{self.name}: {tool} not found but the kernel has {gate.module} "
+                f"({gate.evidence}); install the Debian package {package}"
+            )
+        return binary
+
+
+def kernel_file(source: str) -> str:
+    """The snapshot file recording what a source decided about the kernel's modules."""
+    return f"{source}-kernel.txt"
 
 
 class EbtablesSource(_ToolSource):
@@ -503,6 +556,8 @@ class EbtablesSource(_ToolSource):
     name = "ebtables"
 
     def fetch(self) -> dict[str, str]:
+        nft, legacy = self.kernel.decide(NF_TABLES), self.kernel.decide(EBTABLES)
+        files = {kernel_file(self.name): record([nft, legacy])}
         binary = find_binary(self.name, "ebtables-nft-save", self.path) or find_binary(
             self.name, "ebtables-save", self.path
         )
@@ -510,12 +565,28 @@ class EbtablesSource(_ToolSource):
             raise SourceError(
                 "ebtables: ebtables-save not found; install the Debian package ebtables"
             )
-        files = {EBTABLES_FILE: self._run(binary)}
-        legacy = find_binary(self.name, "ebtables-legacy-save", self.path)
-        if legacy and os.path.isdir(os.path.join(self.sysfs, "module", "ebtables")):
-            if os.path.realpath(legacy) != os.path.realpath(binary):
-                files[EBTABLES_LEGACY_FILE] = self._run(legacy)
+        if "legacy" in os.path.basename(os.path.realpath(binary)):
+            files[EBTABLES_FILE] = self._legacy_save(binary, legacy)
+            return files
+        files[EBTABLES_FILE] = self._run(binary) if nft.runs else ""
+        legacy_binary = find_binary(self.name, "ebtables-legacy-save", self.path)
+        if legacy.runs and legacy_binary:
+            if os.path.realpath(legacy_binary) != os.path.realpath(binary):
+                files[EBTABLES_LEGACY_FILE] = self._legacy_save(legacy_binary, legacy)
         return files
+
+    def _legacy_save(self, binary: str, gate: Decision) -> str:
+        """ebtables-legacy-save's dump. It dumps the tables whose ebtable_* module /proc/modules
+        lists: blind to tables built into the kernel, which fail the source (never "no rules")."""
+        if not gate.runs:
+            return ""
+        if not gate.loaded:
+            raise SourceError(
+                f"ebtables: legacy ebtables is in the kernel but not as a loaded module "
+                f"({gate.evidence}); ebtables-legacy-save lists only loaded modules' tables, so "
+                "its rules cannot be read; no verdict from ebtables"
+            )
+        return self._run(binary)
 
     def parse(self, files: Mapping[str, str]) -> Ruleset:
         """The bridge Ruleset that decides: ebtables-save.txt's, or the legacy one when only that
@@ -548,17 +619,13 @@ class IpsetSource(_ToolSource):
     name = "ipset"
 
     def fetch(self) -> dict[str, str]:
-        # Without the ip_set module (it has parameters, so it shows in /sys/module even when built
-        # in) no set can exist; running `ipset` would load the module: a side effect we avoid.
-        if not os.path.isdir(os.path.join(self.sysfs, "module", "ip_set")):
-            return {IPSET_FILE: ""}
-        binary = find_binary(self.name, "ipset", self.path)
-        if binary is None:
-            raise SourceError(
-                "ipset: ipset not found but the ip_set module is loaded; "
-                "install the Debian package ipset"
-            )
-        return {IPSET_FILE: self._run(binary, "save")}
+        gate = self.kernel.decide(IP_SET)
+        files = {kernel_file(self.name): record([gate])}
+        # Without ip_set no set can exist; running `ipset` would make the kernel load it.
+        if not gate.runs:
+            return {**files, IPSET_FILE: ""}
+        binary = self._need("ipset", "ipset", gate)
+        return {**files, IPSET_FILE: self._run(binary, "save")}
 
     def parse(self, files: Mapping[str, str]) -> dict[str, IPSet]:
         return _pure(self.name, IPSET_FILE, files, parse_ipset_save)
@@ -568,21 +635,81 @@ class IpsetSource(_ToolSource):
 
 
 class NftablesSource(_ToolSource):
+    """nft's tables. `nft -j list chains` (cheap: no rules) names every table with a chain; only
+    the tables iptables-nft and ebtables-nft do not own are then listed in full, one
+    `nft -j list table FAMILY NAME` each: the others are read through their save tools, and a full
+    `nft -j list ruleset` would read them a second time (seconds on a host with many rules)."""
+
     name = "nftables"
 
     def fetch(self) -> dict[str, str]:
-        binary = find_binary(self.name, "nft", self.path)
-        if binary is None:
-            if not os.path.isdir(os.path.join(self.sysfs, "module", "nf_tables")):
-                return {NFT_FILE: NFT_EMPTY}  # no nf_tables module: no nft table can exist
-            raise SourceError(
-                "nftables: nft not found but the nf_tables module is loaded; "
-                "install the Debian package nftables"
+        gate = self.kernel.decide(NF_TABLES)
+        files = {kernel_file(self.name): record([gate])}
+        if not gate.runs:
+            return {**files, NFT_FILE: NFT_EMPTY}  # no nf_tables: no nft table can exist
+        binary = self._need("nft", "nftables", gate)
+        chains = self._run(binary, "-j", "list", "chains")
+        files[NFT_CHAINS_FILE] = chains
+        for family, table in native_tables(_pure(self.name, NFT_CHAINS_FILE, files, chain_tables)):
+            files[nft_table_file(family, table)] = self._run(
+                binary, "-j", "list", "table", family, table
             )
-        return {NFT_FILE: self._run(binary, "-j", "list", "ruleset")}
+        return files
 
     def parse(self, files: Mapping[str, str]) -> NftablesInfo:
-        return _pure(self.name, NFT_FILE, files, parse_nft_ruleset)
+        if NFT_CHAINS_FILE not in files:  # the whole ruleset: older snapshots, or no nf_tables
+            return _pure(self.name, NFT_FILE, files, parse_nft_ruleset)
+        listed = _pure(self.name, NFT_CHAINS_FILE, files, chain_tables)
+        infos = [
+            _pure(self.name, nft_table_file(family, table), files, parse_nft_ruleset)
+            for family, table in native_tables(listed)
+        ]
+        for (family, table), info in zip(native_tables(listed), infos, strict=True):
+            if f"{family} {table}" not in info.tables:
+                raise SourceError(
+                    f"{self.name}: {nft_table_file(family, table)} does not hold table "
+                    f"{family} {table}; no verdict from it"
+                )
+        return merge_tables(listed, infos)
+
+
+def nft_table_file(family: str, table: str) -> str:
+    """nft-table-FAMILY-NAME.json; a table name may hold "/", which a file name cannot."""
+    return f"nft-table-{family}-{urllib.parse.quote(table, safe='')}.json"
+
+
+def chain_tables(text: str) -> tuple[tuple[str, str], ...]:
+    """(family, table) of every table `nft -j list chains` printed a chain of, in its order.
+
+    A table without chains is not among them: it holds no rule, so no packet meets it.
+    """
+    parse_nft_ruleset(text)  # ValueError for anything nft does not print
+    found: dict[tuple[str, str], None] = {}
+    for item in json.loads(text)["nftables"]:
+        chain = item.get("chain")
+        if isinstance(chain, dict):
+            found[(str(chain.get("family")), str(chain.get("table")))] = None
+    return tuple(found)
+
+
+def native_tables(tables: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """The tables no save tool prints: those must be listed with nft itself."""
+    return tuple((family, name) for family, name in tables if not save_tool_table(family, name))
+
+
+def merge_tables(listed: tuple[tuple[str, str], ...], infos: list[NftablesInfo]) -> NftablesInfo:
+    """One NftablesInfo from the chains listing and each native table's own listing, equal to
+    what `nft -j list ruleset` gives: save-tool tables count only in `tables`."""
+    chains, sets = {}, {}
+    for info in infos:
+        chains.update(info.native.chains)
+        sets.update(info.native.sets)
+    return NftablesInfo(
+        foreign_chains=tuple(c for info in infos for c in info.foreign_chains),
+        docker_tables=tuple(t for info in infos for t in info.docker_tables),
+        tables=tuple(f"{family} {name}" for family, name in listed),
+        native=NftRuleset(chains, sets),
+    )
 
 
 def _pure(

@@ -17,9 +17,11 @@ from exporter.sources.firewall import (
     IpsetSource,
     IptablesSource,
     NftablesSource,
+    nft_table_file,
     read_libiptc,
     render_rule,
 )
+from exporter.sources.kernel import NF_TABLES, Kernel
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sources"
 NFT_DUMP = (FIXTURES / "docker20.10-nft-mixed" / "iptables-save.txt").read_text()
@@ -43,7 +45,8 @@ def tool(
     stderr: str = "",
     sleep: float = 0,
 ) -> None:
-    """A fake tool: prints `output` exactly (and `stderr`), exits with `exit_code`."""
+    """A fake tool: logs its argv to calls.log, prints `output` exactly (and `stderr`), exits
+    with `exit_code`."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     data = bin_dir / f"{name}.out"
     data.write_text(output)
@@ -52,6 +55,7 @@ def tool(
     script = bin_dir / name
     script.write_text(
         "#!/bin/sh\n"
+        + f"echo {name} \"$@\" >> '{bin_dir / 'calls.log'}'\n"
         + (f"/bin/sleep {sleep}\n" if sleep else "")
         + f"/bin/cat '{data}'\n"
         + f"/bin/cat '{errors}' >&2\n"
@@ -69,11 +73,57 @@ def bin_dir(tmp_path, monkeypatch) -> Path:
 
 
 def iptables(bin_dir: Path, backend="auto", family="ipv4", timeout=5.0) -> IptablesSource:
-    """A source on the fake tools; its procfs is an empty dir: no legacy table is loaded."""
-    procfs = bin_dir.parent / "proc"
-    procfs.mkdir(exist_ok=True)
-    return IptablesSource(family, backend, timeout, path=str(bin_dir), procfs=str(procfs))
+    """A source on the fake tools, on a kernel that loads no modules and has ip_tables and
+    ip6_tables (no legacy table in them yet) and nf_tables built in."""
+    procfs = fake_kernel(bin_dir.parent, built_in=("nft_register_expr",))
+    for names in ("ip_tables_names", "ip6_tables_names"):
+        (procfs / "net" / names).touch()
+    return IptablesSource(
+        family,
+        backend,
+        timeout,
+        path=str(bin_dir),
+        procfs=str(procfs),
+        sysfs=str(procfs.parent / "sys"),
+    )
 
+
+def fake_kernel(
+    root: Path,
+    *,
+    loaded: tuple[str, ...] | None = None,
+    built_in: tuple[str, ...] = (),
+    module_symbols: tuple[str, ...] = (),
+) -> Path:
+    """A fake /proc (returned) and /sys under `root`. `loaded`: the modules /proc/modules lists
+    (None: no /proc/modules, a kernel that loads no modules), each also in /sys/module.
+    `built_in`: symbols kallsyms lists as built in; `module_symbols`: as a module's."""
+    procfs, sysfs = root / "proc", root / "sys"
+    (procfs / "net").mkdir(parents=True, exist_ok=True)
+    (sysfs / "module").mkdir(parents=True, exist_ok=True)
+    if loaded is not None:
+        (procfs / "modules").write_text(
+            "".join(f"{name} 16384 0 - Live 0x0000000000000000\n" for name in loaded)
+        )
+        for name in loaded:
+            (sysfs / "module" / name).mkdir(exist_ok=True)
+    symbols = [f"0000000000000000 T {symbol}\n" for symbol in built_in]
+    symbols += [f"0000000000000000 T {symbol}\t[mod]\n" for symbol in module_symbols]
+    (procfs / "kallsyms").write_text("0000000000000000 T _text\n" + "".join(symbols))
+    return procfs
+
+
+def calls(bin_dir: Path) -> list[str]:
+    """Every fake tool run so far, "NAME ARGS"."""
+    log = bin_dir / "calls.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+# What iptables() records about its kernel.
+IPTABLES_KERNEL = (
+    "ip_tables present: /proc/net/ip_tables_names\n"
+    "nf_tables present: built in (nft_register_expr in kallsyms)\n"
+)
 
 # -- backend choice ----------------------------------------------------------------------------
 
@@ -87,6 +137,7 @@ def test_auto_takes_the_backend_holding_dockers_chains(bin_dir):
         "firewall-backend.txt": "nft\n",
         "iptables-legacy-save.txt": "",  # kept though empty: its tables are checked against nft's
         "iptables-legacy-tables.txt": "",
+        "iptables-kernel.txt": IPTABLES_KERNEL,
     }
 
 
@@ -99,6 +150,7 @@ def test_auto_finds_legacy_and_skips_an_nft_dump_with_only_a_warning(bin_dir):
         "firewall-backend.txt": "legacy\n",
         "iptables-nft-save.txt": NFT_WARNING_ONLY,
         "iptables-legacy-tables.txt": "",
+        "iptables-kernel.txt": IPTABLES_KERNEL,
     }
 
 
@@ -158,6 +210,7 @@ def test_only_backend_empty_is_kept_not_hidden(bin_dir):
         "iptables-save.txt": "",
         "firewall-backend.txt": "nft\n",
         "iptables-legacy-tables.txt": "",
+        "iptables-kernel.txt": IPTABLES_KERNEL,
     }
     read = source.parse(files)
     assert read.primary is None
@@ -189,6 +242,7 @@ def test_ipv6_file_names(bin_dir):
         "ip6tables-legacy-save.txt",
         "firewall-backend-ipv6.txt",
         "ip6tables-legacy-tables.txt",
+        "ip6tables-kernel.txt",
     }
 
 
@@ -319,18 +373,42 @@ EBTABLES = "*filter\n:INPUT ACCEPT\n:FORWARD ACCEPT\n:OUTPUT ACCEPT\n-A FORWARD 
 def test_ebtables_nft_and_legacy(bin_dir, tmp_path):
     tool(bin_dir, "ebtables-nft-save", EBTABLES)
     tool(bin_dir, "ebtables-legacy-save", EBTABLES)
-    sysfs = tmp_path / "sys"
-    (sysfs / "module").mkdir(parents=True)
-    source = EbtablesSource(1.0, path=str(bin_dir), sysfs=str(sysfs))
+    procfs = fake_kernel(tmp_path, loaded=("nf_tables",))
+    source = EbtablesSource(
+        1.0, path=str(bin_dir), procfs=str(procfs), sysfs=str(procfs.parent / "sys")
+    )
     files = source.fetch()
-    assert files == {"ebtables-save.txt": EBTABLES}  # legacy module not loaded
+    assert files == {
+        "ebtables-save.txt": EBTABLES,
+        "ebtables-kernel.txt": "nf_tables present: /sys/module/nf_tables\n"
+        "ebtables absent: not in /sys/module, /proc/modules or /proc/kallsyms\n",
+    }
+    assert calls(bin_dir) == ["ebtables-nft-save"]  # legacy module not loaded: never run
     ruleset = source.parse(files)
     assert (ruleset.family, ruleset.backend, ruleset.rule_count) == ("bridge", "nft", 1)
-    (sysfs / "module" / "ebtables").mkdir()
+    fake_kernel(tmp_path, loaded=("nf_tables", "ebtables"))
     files = source.fetch()
-    assert files == {"ebtables-save.txt": EBTABLES, "ebtables-legacy-save.txt": EBTABLES}
+    assert files["ebtables-legacy-save.txt"] == EBTABLES
     with pytest.raises(SourceError, match="both ebtables-nft and ebtables-legacy hold rules"):
         source.parse(files)
+
+
+def test_ebtables_without_nf_tables_reads_nothing_and_built_in_legacy_fails(bin_dir, tmp_path):
+    tool(bin_dir, "ebtables-nft-save", EBTABLES)
+    tool(bin_dir, "ebtables-legacy-save", "")
+    procfs = fake_kernel(tmp_path, loaded=())
+    source = EbtablesSource(
+        1.0, path=str(bin_dir), procfs=str(procfs), sysfs=str(procfs.parent / "sys")
+    )
+    files = source.fetch()
+    assert files["ebtables-save.txt"] == "" and "ebtables-legacy-save.txt" not in files
+    assert calls(bin_dir) == []
+    assert source.parse(files).empty
+    # Built in: ebtables-legacy-save lists tables from /proc/modules and would print none.
+    fake_kernel(tmp_path, loaded=(), built_in=("ebt_register_table",))
+    with pytest.raises(SourceError, match="^ebtables: legacy ebtables is in the kernel but not"):
+        source.fetch()
+    assert calls(bin_dir) == []
 
 
 def test_ebtables_the_backend_holding_rules_decides():
@@ -353,21 +431,32 @@ IPSET = "create allowed hash:net family inet hashsize 1024 maxelem 65536\nadd al
 
 def test_ipset(bin_dir, tmp_path):
     tool(bin_dir, "ipset", IPSET)
-    source = IpsetSource(1.0, path=str(bin_dir), sysfs=str(tmp_path))
+    procfs = fake_kernel(tmp_path, loaded=())
+    source = IpsetSource(
+        1.0, path=str(bin_dir), procfs=str(procfs), sysfs=str(procfs.parent / "sys")
+    )
     # No ip_set module: ipset is not run at all (running it would load the module).
-    assert source.fetch() == {"ipset-save.txt": ""}
-    (tmp_path / "module" / "ip_set").mkdir(parents=True)
+    assert source.fetch() == {
+        "ipset-save.txt": "",
+        "ipset-kernel.txt": "ip_set absent: not in /sys/module, /proc/modules or /proc/kallsyms\n",
+    }
+    assert calls(bin_dir) == []
+    (procfs.parent / "sys" / "module" / "ip_set").mkdir()  # built in: it has parameters
     files = source.fetch()
-    assert files == {"ipset-save.txt": IPSET}
+    assert files["ipset-save.txt"] == IPSET
+    assert calls(bin_dir) == ["ipset save"]
     sets = source.parse(files)
     assert sets["allowed"].members == ("10.0.0.0/8",)
 
 
 def test_ipset_missing_without_module_is_empty_with_module_an_error(bin_dir, tmp_path):
-    source = IpsetSource(1.0, path=str(bin_dir), sysfs=str(tmp_path))
-    assert source.fetch() == {"ipset-save.txt": ""}
+    procfs = fake_kernel(tmp_path, loaded=())
+    source = IpsetSource(
+        1.0, path=str(bin_dir), procfs=str(procfs), sysfs=str(procfs.parent / "sys")
+    )
+    assert source.fetch()["ipset-save.txt"] == ""
     assert source.parse({"ipset-save.txt": ""}) == {}
-    (tmp_path / "module" / "ip_set").mkdir(parents=True)
+    fake_kernel(tmp_path, loaded=("ip_set",))
     with pytest.raises(SourceError, match="Debian package ipset"):
         source.fetch()
 
@@ -377,28 +466,99 @@ def test_garbled_ipset_is_a_source_error():
         IpsetSource(1.0).parse({"ipset-save.txt": "flush everything\n"})
 
 
-def test_nftables(bin_dir, tmp_path):
-    document = (
-        '{"nftables": [{"table": {"family": "inet", "name": "firewalld", "handle": 1}},'
-        ' {"chain": {"family": "inet", "table": "firewalld", "name": "filter_FORWARD",'
-        ' "handle": 2, "type": "filter", "hook": "forward", "prio": 10, "policy": "accept"}}]}'
+FIREWALLD_CHAINS = (
+    '{"nftables": [{"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "handle": 1,'
+    ' "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}},'
+    ' {"chain": {"family": "inet", "table": "firewalld", "name": "filter_FORWARD",'
+    ' "handle": 2, "type": "filter", "hook": "forward", "prio": 10, "policy": "accept"}}]}'
+)
+FIREWALLD_TABLE = (
+    '{"nftables": [{"table": {"family": "inet", "name": "firewalld", "handle": 1}},'
+    ' {"chain": {"family": "inet", "table": "firewalld", "name": "filter_FORWARD",'
+    ' "handle": 2, "type": "filter", "hook": "forward", "prio": 10, "policy": "accept"}}]}'
+)
+
+
+def nft_tool(bin_dir: Path, chains: str, tables: dict[str, str]) -> None:
+    """A fake nft: `-j list chains` prints `chains`, `-j list table F N` prints tables["F N"]."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    lines = ["#!/bin/sh", f"echo nft \"$@\" >> '{bin_dir / 'calls.log'}'"]
+    (bin_dir / "nft-chains.out").write_text(chains)
+    lines.append(f"[ \"$3\" = chains ] && exec /bin/cat '{bin_dir / 'nft-chains.out'}'")
+    for label, text in tables.items():
+        family, name = label.split()
+        out = bin_dir / f"nft-{family}-{name}.out"
+        out.write_text(text)
+        lines.append(f'[ "$4 $5" = "{family} {name}" ] && exec /bin/cat \'{out}\'')
+    lines.append("echo 'Error: No such file or directory' >&2; exit 1")
+    (bin_dir / "nft").write_text("\n".join(lines) + "\n")
+    (bin_dir / "nft").chmod(0o755)
+
+
+def nft_source(bin_dir: Path, procfs: Path) -> NftablesSource:
+    return NftablesSource(
+        1.0, path=str(bin_dir), procfs=str(procfs), sysfs=str(procfs.parent / "sys")
     )
-    tool(bin_dir, "nft", document)
-    source = NftablesSource(1.0, path=str(bin_dir), sysfs=str(tmp_path))
+
+
+def test_nftables_lists_chains_then_only_the_tables_no_save_tool_prints(bin_dir, tmp_path):
+    nft_tool(bin_dir, FIREWALLD_CHAINS, {"inet firewalld": FIREWALLD_TABLE})
+    source = nft_source(bin_dir, fake_kernel(tmp_path, built_in=("nft_register_expr",)))
     files = source.fetch()
-    assert files == {"nft-ruleset.json": document}
+    # ip filter is iptables-nft's: iptables-nft-save reads it, nft does not read it twice.
+    assert calls(bin_dir) == ["nft -j list chains", "nft -j list table inet firewalld"]
+    assert files == {
+        "nftables-kernel.txt": "nf_tables present: built in (nft_register_expr in kallsyms)\n",
+        "nft-chains.json": FIREWALLD_CHAINS,
+        "nft-table-inet-firewalld.json": FIREWALLD_TABLE,
+    }
     info = source.parse(files)
-    assert len(info.foreign_chains) == 1 and "filter_FORWARD" in info.foreign_chains[0]
+    assert info.tables == ("ip filter", "inet firewalld")
+    assert info.foreign_chains == ("inet firewalld filter_FORWARD hook forward",)
+    assert list(info.native.chains) == [("inet", "firewalld", "filter_FORWARD")]
 
 
-def test_nft_missing_without_module_is_empty_with_module_an_error(bin_dir, tmp_path):
-    source = NftablesSource(1.0, path=str(bin_dir), sysfs=str(tmp_path))
-    files = source.fetch()
-    assert files == {"nft-ruleset.json": NFT_EMPTY}
-    assert source.parse(files) == NftablesInfo()
-    (tmp_path / "module" / "nf_tables").mkdir(parents=True)
+def test_nftables_with_only_save_tool_tables_runs_one_cheap_listing(bin_dir, tmp_path):
+    only_iptables = FIREWALLD_CHAINS.split(', {"chain": {"family": "inet"')[0] + "]}"
+    nft_tool(bin_dir, only_iptables, {})
+    files = nft_source(bin_dir, fake_kernel(tmp_path, loaded=("nf_tables",))).fetch()
+    assert calls(bin_dir) == ["nft -j list chains"]
+    info = NftablesSource().parse(files)
+    assert info.tables == ("ip filter",) and not info.native.chains and not info.foreign_chains
+
+
+def test_a_native_table_listing_missing_or_of_another_table_fails_the_parse():
+    files = {"nft-chains.json": FIREWALLD_CHAINS}
+    with pytest.raises(SourceError, match="snapshot has no nft-table-inet-firewalld.json"):
+        NftablesSource().parse(files)
+    files["nft-table-inet-firewalld.json"] = FIREWALLD_TABLE.replace("firewalld", "other")
+    with pytest.raises(SourceError, match="does not hold table inet firewalld"):
+        NftablesSource().parse(files)
+
+
+def test_a_table_name_with_a_slash_gets_a_plain_file_name():
+    assert nft_table_file("inet", "a/b") == "nft-table-inet-a%2Fb.json"
+
+
+def test_nft_not_run_without_nf_tables_and_missing_with_it_an_error(bin_dir, tmp_path):
+    procfs = fake_kernel(tmp_path, loaded=())
+    tool(bin_dir, "nft", "{}")
+    files = nft_source(bin_dir, procfs).fetch()
+    assert files["nft-ruleset.json"] == NFT_EMPTY and calls(bin_dir) == []
+    assert NftablesSource().parse(files) == NftablesInfo()
+    (bin_dir / "nft").unlink()
+    fake_kernel(tmp_path, loaded=("nf_tables",))
     with pytest.raises(SourceError, match="Debian package nftables"):
-        source.fetch()
+        nft_source(bin_dir, procfs).fetch()
+
+
+def test_a_modular_kernel_without_kallsyms_is_refused_not_guessed(bin_dir, tmp_path):
+    procfs = fake_kernel(tmp_path, loaded=())
+    (procfs / "kallsyms").unlink()
+    tool(bin_dir, "nft", "{}")
+    with pytest.raises(SourceError, match="^nftables: nf_tables is neither loaded nor shown"):
+        nft_source(bin_dir, procfs).fetch()
+    assert calls(bin_dir) == []
 
 
 def test_garbled_nft_json_is_a_source_error():
@@ -436,10 +596,11 @@ def test_benign_lines_are_per_tool(bin_dir, tmp_path):
     # The iptables warning means nothing coming from ebtables: it fails that source.
     tool(bin_dir, "ebtables-nft-save", EBTABLES, stderr=LEGACY_WARNING)
     with pytest.raises(SourceError, match="^ebtables: ebtables-nft-save exited 0 but printed"):
-        EbtablesSource(1.0, path=str(bin_dir), sysfs=str(tmp_path)).fetch()
+        EbtablesSource(1.0, path=str(bin_dir), procfs=str(bin_dir), sysfs=str(tmp_path)).fetch()
     tool(bin_dir, "nft", NFT_EMPTY, stderr="Error: some warning")
-    with pytest.raises(SourceError, match="^nftables: nft -j list ruleset exited 0 but"):
-        NftablesSource(1.0, path=str(bin_dir), sysfs=str(tmp_path)).fetch()
+    procfs = fake_kernel(tmp_path, loaded=("nf_tables",))
+    with pytest.raises(SourceError, match="^nftables: nft -j list chains exited 0 but"):
+        nft_source(bin_dir, procfs).fetch()
 
 
 # -- a dump that is not whole fails the source ---------------------------------------------------
@@ -521,7 +682,6 @@ def test_fetch_records_the_legacy_table_list(bin_dir):
     tool(bin_dir, "iptables-legacy-save", LEGACY_DUMP)
     source = iptables(bin_dir)
     names = Path(source.procfs) / "net" / "ip_tables_names"
-    names.parent.mkdir()
     names.write_text("nat\nfilter\n")
     files = source.fetch()
     assert files["iptables-legacy-tables.txt"] == "nat\nfilter\n"
@@ -568,3 +728,33 @@ def test_a_table_iptables_nft_save_cannot_show_fails_the_source():
         "iptables: iptables-save.txt: \"# Table `raw' contains incompatible base-chains, use "
         "'nft' tool to list them.\": that table's rules are not in the dump; no verdict from it"
     )
+
+
+# -- no side effects: a tool runs only when its module is in the kernel ---------------------------
+
+
+def test_iptables_on_a_modular_kernel_runs_only_the_backends_whose_module_is_loaded(
+    bin_dir, tmp_path
+):
+    tool(bin_dir, "iptables-nft-save", NFT_DUMP)
+    tool(bin_dir, "iptables-legacy-save", LEGACY_DUMP)
+    procfs = fake_kernel(tmp_path, loaded=())
+    sysfs = str(procfs.parent / "sys")
+    source = IptablesSource("ipv4", path=str(bin_dir), procfs=str(procfs), sysfs=sysfs)
+    files = source.fetch()
+    assert calls(bin_dir) == []  # neither nf_tables nor ip_tables: both backends are empty
+    assert files["iptables-save.txt"] == "" and files["iptables-legacy-save.txt"] == ""
+    assert files["iptables-kernel.txt"] == (
+        "ip_tables absent: no /proc/net/ip_tables_names\n"
+        "nf_tables absent: not in /sys/module, /proc/modules or /proc/kallsyms\n"
+    )
+    assert source.parse(files).primary is None
+    fake_kernel(tmp_path, loaded=("nf_tables",))
+    assert source.fetch()["iptables-save.txt"] == NFT_DUMP
+    assert calls(bin_dir) == ["iptables-nft-save"]
+
+
+def test_a_module_symbol_of_a_loaded_module_is_not_taken_for_built_in(tmp_path):
+    procfs = fake_kernel(tmp_path, loaded=(), module_symbols=("nft_register_expr",))
+    kernel = Kernel("nftables", str(procfs), str(procfs.parent / "sys"))
+    assert kernel.decide(NF_TABLES).state == "absent"
