@@ -22,11 +22,21 @@ Layout (file -> what printed it):
 - ip6tables-save.txt, ip6tables-nft-save.txt, ip6tables-legacy-save.txt,
   firewall-backend-ipv6.txt, ip6tables-legacy-tables.txt (/proc/net/ip6_tables_names)
                            the same for IPv6 (ip6tables-*-save)
-- ebtables-save.txt        ebtables-nft-save (else ebtables-save)
+- ebtables-save.txt        ebtables-nft-save (else ebtables-save); empty, not run, without
+                           nf_tables
 - ebtables-legacy-save.txt ebtables-legacy-save, when the legacy ebtables module is loaded
-- ipset-save.txt           ipset save (empty when ipset is absent and ip_set is not loaded)
-- nft-ruleset.json         nft -j list ruleset ({"nftables": []} when nft is absent and nf_tables
-                           is not loaded)
+- ipset-save.txt           ipset save (empty, not run, when the kernel has no ip_set)
+- nft-chains.json          nft -j list chains: every table that has a chain, without rules
+- nft-table-FAMILY-NAME.json  nft -j list table FAMILY NAME, one per table in nft-chains.json that
+                           no save tool prints (NAME %-escaped); iptables-nft's and ebtables-nft's
+                           tables are read once, by their save tools
+- nft-ruleset.json         {"nftables": []} when the kernel has no nf_tables; in older snapshots
+                           nft -j list ruleset (parsed as before when nft-chains.json is absent)
+- SOURCE-kernel.txt        iptables, ip6tables, ebtables, ipset, nftables: per kernel module the
+                           source's tools need, "MODULE present|absent|run: EVIDENCE". A tool
+                           whose module is absent never ran (it would make the kernel load it);
+                           its dump is empty. Older snapshots lack these files: nothing changes,
+                           since the dumps themselves hold what was decided.
 - meta.json                written by write_snapshot: exporter version, time, hostname, and what
                            the caller adds (which sources were read, which failed and why)
 
