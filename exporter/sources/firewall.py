@@ -539,7 +539,7 @@ class _ToolSource:
         binary = find_binary(self.name, tool, self.path)
         if binary is None:
             raise SourceError(
-                f"{self.name}: {tool} not found but the kernel has {gate.module} "
+                f"{self.name}: {tool} not found but the {gate.module} module is loaded "
                 f"({gate.evidence}); install the Debian package {package}"
             )
         return binary
