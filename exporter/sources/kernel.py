@@ -67,9 +67,9 @@ class Decision:
         return f"{self.module} {self.state}: {self.evidence}\n"
 
 
-# Built-in symbols never go away, so a hit is remembered for the process's life (a kallsyms read
-# costs ~40 ms); an absent symbol may come with a module loaded later and is never remembered.
-_BUILT_IN: set[tuple[str, str]] = set()
+# What is built in is fixed at boot, so each answer is remembered for the process's life: a
+# kallsyms read costs ~100 ms. (A module loaded later shows in /sys/module, asked first.)
+_BUILT_IN: dict[tuple[str, str], bool] = {}
 
 
 @dataclass(frozen=True)
@@ -119,17 +119,15 @@ class Kernel:
         """Whether kallsyms lists `symbol` without a module tag; None when it cannot be read."""
         path = os.path.join(self.procfs, "kallsyms")
         if (path, symbol) in _BUILT_IN:
-            return True
+            return _BUILT_IN[(path, symbol)]
         try:
             with open(path, encoding="ascii", errors="replace") as handle:
                 text = handle.read()
         except OSError:
             return None
         # "ADDRESS TYPE NAME\n" for built-in code, "ADDRESS TYPE NAME\t[MODULE]\n" for a module's.
-        if f" {symbol}\n" in text:
-            _BUILT_IN.add((path, symbol))
-            return True
-        return False
+        _BUILT_IN[(path, symbol)] = f" {symbol}\n" in text
+        return _BUILT_IN[(path, symbol)]
 
     def legacy_iptables(self, family: str) -> Decision:
         """ip_tables / ip6_tables: /proc/net/ip_tables_names exists exactly while it is there."""

@@ -5,6 +5,12 @@ nf_tables, ip_set or ebtables when they were not there; the sources run a tool o
 module is present (exporter/sources/kernel.py). Here a real exporter, in a lab dockerd's network
 namespace, runs under `strace -f`: no init_module/finit_module call, no modprobe, and every
 firewall tool it executes is one its source's recorded decision (*-kernel.txt) allowed.
+
+strace sees the loads a tool starts itself (modprobe run by ebtables or iptables); a load the
+kernel starts on its own (request_module, run as a kernel helper outside this process tree) shows
+only as a new entry in /sys/module or /proc/modules, compared before and after. On a kernel that
+loads no modules (no /proc/modules) those lists cannot change; the gating itself is proven on a
+fake modular kernel in tests/unit/test_sources_firewall.py.
 """
 
 from __future__ import annotations

@@ -409,7 +409,10 @@ def test_ebtables_without_nf_tables_reads_nothing_and_built_in_legacy_fails(bin_
     assert calls(bin_dir) == []
     assert source.parse(files).empty
     # Built in: ebtables-legacy-save lists tables from /proc/modules and would print none.
-    fake_kernel(tmp_path, loaded=(), built_in=("ebt_register_table",))
+    procfs = fake_kernel(tmp_path / "other", loaded=(), built_in=("ebt_register_table",))
+    source = EbtablesSource(
+        1.0, path=str(bin_dir), procfs=str(procfs), sysfs=str(procfs.parent / "sys")
+    )
     with pytest.raises(SourceError, match="^ebtables: legacy ebtables is in the kernel but not"):
         source.fetch()
     assert calls(bin_dir) == []
