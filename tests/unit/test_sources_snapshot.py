@@ -11,10 +11,20 @@ from exporter.config import ExporterConfig
 from exporter.sources import build_sources
 from exporter.sources.base import SourceError
 from exporter.sources.docker import DockerSource
-from exporter.sources.firewall import IptablesSource
+from exporter.sources.firewall import EbtablesSource, IpsetSource, IptablesSource, NftablesSource
 from exporter.sources.snapshot import read_snapshot, write_snapshot
 from tests.unit.test_sources_docker import FakeClient
-from tests.unit.test_sources_firewall import LEGACY_DUMP, NFT_DUMP, tool
+from tests.unit.test_sources_firewall import (
+    EBTABLES,
+    FIREWALLD_CHAINS,
+    FIREWALLD_TABLE,
+    LEGACY_DUMP,
+    NFT_DUMP,
+    calls,
+    fake_kernel,
+    nft_tool,
+    tool,
+)
 
 
 def test_round_trip_is_exact(tmp_path):
@@ -120,3 +130,33 @@ def test_firewall_files_round_trip_and_parse_alike(tmp_path):
     offline["iptables-legacy-tables.txt"] += "raw\n"
     with pytest.raises(SourceError, match="printed no table raw"):
         source.parse(offline)
+
+
+def test_kernel_decisions_are_recorded_and_replay_alike(tmp_path):
+    """Each firewall source records what it decided about the kernel's modules; the snapshot
+    replays to the same values. Older snapshots, without the records, hold dumps that already
+    say the same (an absent module's dump is what the tool prints with no table: nothing)."""
+    bin_dir = tmp_path / "bin"
+    procfs = fake_kernel(tmp_path, loaded=("nf_tables",))
+    tool(bin_dir, "iptables-nft-save", NFT_DUMP)
+    tool(bin_dir, "iptables-legacy-save", LEGACY_DUMP)
+    tool(bin_dir, "ebtables-nft-save", EBTABLES)
+    tool(bin_dir, "ipset", "create never-read hash:ip\n")
+    nft_tool(bin_dir, FIREWALLD_CHAINS, {"inet firewalld": FIREWALLD_TABLE})
+    roots = {"path": str(bin_dir), "procfs": str(procfs), "sysfs": str(procfs.parent / "sys")}
+    sources = [
+        IptablesSource("ipv4", **roots),
+        EbtablesSource(**roots),
+        IpsetSource(**roots),
+        NftablesSource(**roots),
+    ]
+    live = {name: text for source in sources for name, text in source.fetch().items()}
+    assert "ipset save" not in calls(bin_dir) and "iptables-legacy-save" not in calls(bin_dir)
+    assert live["ipset-kernel.txt"].startswith("ip_set absent: ")
+    assert live["iptables-kernel.txt"].splitlines()[0] == (
+        "ip_tables absent: no /proc/net/ip_tables_names"
+    )
+    write_snapshot(tmp_path / "s", live, {})
+    offline = read_snapshot(tmp_path / "s")
+    for source in sources:
+        assert source.parse(offline) == source.parse(live)
