@@ -1,6 +1,9 @@
 """The kernel's packet filters: iptables and ip6tables (both backends), ebtables, ipset, nftables.
 
-Only read-only commands run, each with a timeout:
+Only read-only commands run, each with a timeout, and each only when the kernel module behind it
+is already there (exporter/sources/kernel.py): a tool could make the kernel load it. A table whose
+module is absent cannot exist, so its dump is empty, as the tool would print it. Each source
+records those decisions in SOURCE-kernel.txt ("nf_tables present: /sys/module/nf_tables").
 
 - iptables: `iptables-nft-save` and `iptables-legacy-save` (ip6tables-* for IPv6), whichever are
   installed; plain `iptables-save` only when neither variant is (its `--version` tells which it is).
@@ -18,13 +21,13 @@ Only read-only commands run, each with a timeout:
   reads only the tables listed in /proc/net/ip_tables_names, so it never makes the kernel load a
   table module, and never commits (python-iptables' default autocommit would write the table back).
 - ebtables: `ebtables-nft-save` (else `ebtables-save`) -> ebtables-save.txt; when the legacy
-  ebtables module is loaded (/sys/module/ebtables), also `ebtables-legacy-save` ->
-  ebtables-legacy-save.txt.
-- ipset: `ipset save` -> ipset-save.txt (empty when ipset is not installed and the ip_set module is
-  not loaded: no set can exist then).
-- nftables: `nft -j list ruleset` -> nft-ruleset.json (`{"nftables": []}` when nft is not installed
-  and the nf_tables module is not loaded). A kernel with nf_tables built in shows no
-  /sys/module/nf_tables; without nft installed such a host is read as having no nft tables.
+  ebtables module is loaded, also `ebtables-legacy-save` -> ebtables-legacy-save.txt. That script
+  lists the tables of the ebtable_* modules in /proc/modules, so legacy ebtables built into the
+  kernel cannot be read: the source fails rather than say "no rules".
+- ipset: `ipset save` -> ipset-save.txt (empty without the ip_set module: no set can exist).
+- nftables: `nft -j list chains` -> nft-chains.json, then `nft -j list table FAMILY NAME` ->
+  nft-table-FAMILY-NAME.json for each table no save tool prints; `{"nftables": []}` in
+  nft-ruleset.json without nf_tables. Older snapshots hold `nft -j list ruleset` there instead.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from exporter.config import DEFAULT_PROCFS
-from exporter.firewall.nft import NftRuleset, save_tool_table
+from exporter.firewall.nft import NftChain, NftRuleset, NftSet, save_tool_table
 from exporter.firewall.parse import (
     parse_ebtables_save,
     parse_ipset_save,
@@ -700,7 +703,8 @@ def native_tables(tables: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str],
 def merge_tables(listed: tuple[tuple[str, str], ...], infos: list[NftablesInfo]) -> NftablesInfo:
     """One NftablesInfo from the chains listing and each native table's own listing, equal to
     what `nft -j list ruleset` gives: save-tool tables count only in `tables`."""
-    chains, sets = {}, {}
+    chains: dict[tuple[str, str, str], NftChain] = {}
+    sets: dict[tuple[str, str, str], NftSet] = {}
     for info in infos:
         chains.update(info.native.chains)
         sets.update(info.native.sets)
