@@ -77,7 +77,7 @@ def build_sources(cfg: ExporterConfig) -> Sources:
         # IptablesSource refuses a backend it does not know; the flag's choices are the same.
         iptables=IptablesSource("ipv4", backend, timeout, procfs=procfs),  # type: ignore[arg-type]
         ip6tables=IptablesSource("ipv6", backend, timeout, procfs=procfs),  # type: ignore[arg-type]
-        ebtables=EbtablesSource(timeout),
-        ipset=IpsetSource(timeout),
-        nftables=NftablesSource(timeout),
+        ebtables=EbtablesSource(timeout, procfs=procfs),
+        ipset=IpsetSource(timeout, procfs=procfs),
+        nftables=NftablesSource(timeout, procfs=procfs),
     )

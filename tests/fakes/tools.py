@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,16 +26,19 @@ EMPTY_IP6TABLES = (
 )
 EMPTY_NFT = '{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}}]}\n'
 
-# The argv each tool may be run with: all of them read only.
-READ_ONLY = {
-    "iptables-nft-save": [],
-    "iptables-legacy-save": [],
-    "ip6tables-nft-save": [],
-    "ip6tables-legacy-save": [],
-    "ebtables-nft-save": [],
-    "ebtables-legacy-save": [],
-    "ipset": ["save"],
-    "nft": ["-j", "list", "ruleset"],
+# The argv each tool may be run with, all of them read only: nft lists its chains, then reads
+# single tables.
+READ_ONLY: dict[str, Callable[[list[str]], bool]] = {
+    "iptables-nft-save": lambda args: args == [],
+    "iptables-legacy-save": lambda args: args == [],
+    "ip6tables-nft-save": lambda args: args == [],
+    "ip6tables-legacy-save": lambda args: args == [],
+    "ebtables-nft-save": lambda args: args == [],
+    "ebtables-legacy-save": lambda args: args == [],
+    "ipset": lambda args: args == ["save"],
+    "nft": lambda args: args
+    in (["-j", "list", "ruleset"], ["-j", "list", "chains"])
+    or (len(args) == 5 and args[:3] == ["-j", "list", "table"]),
 }
 
 
@@ -132,7 +136,7 @@ class FakeTools:
 
     def writes(self) -> list[list[str]]:
         """The runs that were not one of the read-only commands in READ_ONLY."""
-        return [call for call in self.calls() if READ_ONLY.get(call[0]) != call[1:]]
+        return [call for call in self.calls() if not READ_ONLY.get(call[0], lambda _: False)(call[1:])]
 
 
 def install_host(tools: FakeTools, case: Path = MIXED) -> None:
@@ -179,4 +183,10 @@ def make_procfs(
     for rel, value in values.items():
         (root / "sys" / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / "sys" / rel).write_text(value + "\n")
+    # A modular kernel with nf_tables and ip_set loaded and nothing built in: the firewall sources
+    # run the nft-based tools and ipset, and no legacy tool.
+    (root / "modules").write_text(
+        "nf_tables 356352 0 - Live 0x0000000000000000\nip_set 61440 0 - Live 0x0000000000000000\n"
+    )
+    (root / "kallsyms").write_text("0000000000000000 T _stext\n")
     return root
