@@ -1,7 +1,8 @@
 """Run the check on a schedule and on Docker events, each under a deadline; publish every result.
 
-- `CheckScheduler`: an APScheduler BackgroundScheduler with one interval job (first run at once,
-  `max_instances=1`, `coalesce=True`). Each run calls `check_fn(progress)` in a daemon worker
+- `CheckScheduler`: one thread runs the check when `CheckPlan` says: every `interval` seconds
+  (the first at once) and `debounce` seconds after a Docker event. Each run calls
+  `check_fn(progress)` in a daemon worker
   thread and waits at most `timeout` seconds for it (`run_with_deadline`); the check writes into
   that fresh `CheckProgress` the source it is reading. A check that misses its deadline is
   published as a failed report (`up=False`, `evaluated=False`, `errors=("check timed out after
@@ -13,15 +14,16 @@
   line; the timed-out report stays published (up=0) and its timestamp ages, so
   `docker_netpolicy_last_check_timestamp_seconds` shows it, and /healthz turns 503 once no check
   has started for 3 intervals + timeout, so a supervisor can restart the process.
-- `shutdown()` returns at once: the job stops waiting for a running check (`run_with_deadline`'s
+- `shutdown()` returns at once: the loop stops waiting for a running check (`run_with_deadline`'s
   `cancel`), publishes nothing, and the check thread (a daemon) is left to die with the process.
-- `trigger()` asks for an early check (Docker events), debounced: the job's next run moves to
-  now + `debounce` unless it is already due sooner, so a burst of events makes one check. An event
-  that arrives while a check runs schedules one more check after it. Never two checks at once.
-- `DockerEventWatcher`: a thread that follows `GET /events` (container start/die/destroy, network
-  connect/disconnect) and calls `trigger()`. A dropped stream is retried with backoff (1s doubling
-  to 30s), one log line per drop; a reconnect also triggers a check (events may have been missed).
-  Nothing in it can crash the process.
+- `trigger()` asks for an early check (Docker events), coalesced, never queued: at most one check
+  runs and one is pending, and the pending one reads the world when it starts, so every event
+  before its start is in it. Never two checks at once.
+- `DockerEventWatcher`: a thread that follows `GET /events` (container start/die/destroy/rename,
+  network create/destroy/connect/disconnect; `EventFilter` says which) and calls `trigger()`.
+  A dropped stream is retried with backoff (1s doubling to 30s), one log line per drop; a
+  reconnect also triggers a check (events may have been missed). Nothing in it can crash the
+  process.
 """
 
 from __future__ import annotations
@@ -30,12 +32,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import docker
-from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.schedulers.background import BackgroundScheduler
 
 from exporter.check import CheckProgress
 from exporter.latest import Latest
@@ -43,7 +43,9 @@ from exporter.report import Report, SourceStatus
 
 log = logging.getLogger(__name__)
 
-JOB_ID = "check"
+# Seconds from a Docker event to the check it asks for: long enough to fold one `docker run` or
+# `docker rm` (a few events within ~0.1 s) into one check, short enough for the 2 s target.
+DEFAULT_DEBOUNCE = 0.2
 # How soon a check's wait notices that the scheduler is shutting down.
 CANCEL_POLL_SECONDS = 0.05
 # A check: it records in the CheckProgress which source it reads, so an overrun names it.
@@ -149,7 +151,42 @@ def log_report(report: Report) -> None:
     )
 
 
+@dataclass
+class CheckPlan:
+    """When the next check is due: the pure scheduling rule, on a monotonic clock.
+
+    - A periodic check is due `interval` seconds after the last check started (the first at once).
+    - `request(now)` (a Docker event) makes a check due at `now + debounce`, unless one is already
+      requested sooner: a burst of events makes one check, and the first event of a burst is seen
+      within `debounce` plus the check's duration, however many follow.
+    - `begin(now)` is a check starting: it reads the world from now on, so every request made
+      before it is served by it. A request made while it runs is the one pending check, which
+      starts once it ends (never two at once, never a queue).
+    """
+
+    interval: float
+    debounce: float
+    next_periodic: float = 0.0
+    requested: float | None = None
+
+    def request(self, now: float) -> None:
+        due = now + self.debounce
+        if self.requested is None or due < self.requested:
+            self.requested = due
+
+    def due(self) -> float:
+        if self.requested is None:
+            return self.next_periodic
+        return min(self.next_periodic, self.requested)
+
+    def begin(self, now: float) -> None:
+        self.requested = None
+        self.next_periodic = now + self.interval
+
+
 class CheckScheduler:
+    """One thread that runs `check_fn` when `CheckPlan` says, each run under a deadline."""
+
     def __init__(
         self,
         check_fn: CheckFn,
@@ -157,8 +194,9 @@ class CheckScheduler:
         *,
         interval: float = 15.0,
         timeout: float = 10.0,
-        debounce: float = 2.0,
+        debounce: float = DEFAULT_DEBOUNCE,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._check_fn = check_fn
         self._latest = latest
@@ -166,63 +204,55 @@ class CheckScheduler:
         self.timeout = timeout
         self.debounce = debounce
         self._clock = clock
-        self._lock = threading.Lock()
-        self._running = False
-        self._rerun = False
+        self._monotonic = monotonic
+        self._plan = CheckPlan(interval, debounce, next_periodic=monotonic())
+        # Guards the plan and the abandoned thread; trigger() notifies the loop through it.
+        self._wake = threading.Condition()
         self._abandoned: threading.Thread | None = None
         self._abandoned_since: float | None = None
         self._last_started: float | None = None
         self._started_at: float | None = None
-        # Set by shutdown(): the job thread stops waiting for a running check and publishes nothing.
+        # Set by shutdown(): the loop ends and a running check's result is not published.
         self._stopping = threading.Event()
-        self._scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(2)},
-            timezone=UTC,
-            daemon=True,
-        )
+        self._thread = threading.Thread(target=self._loop, name="netpolicy-scheduler", daemon=True)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
         self._started_at = self._clock()
-        self._scheduler.add_job(
-            self.run_check,
-            "interval",
-            seconds=self.interval,
-            id=JOB_ID,
-            name="check",
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=None,
-            next_run_time=datetime.now(UTC),
-        )
-        self._scheduler.start()
+        self._thread.start()
 
     def shutdown(self) -> None:
-        """Stop at once: a running check is abandoned, not waited for.
-
-        The job runs on a concurrent.futures thread, which the interpreter joins at exit; it must
-        not sit out a check's whole timeout (a hung Docker socket) after SIGTERM.
-        """
+        """Stop at once: a running check is abandoned, not waited for (a hung Docker socket must
+        not hold SIGTERM up for a whole check timeout)."""
         self._stopping.set()
-        if self._scheduler.running:
-            self._scheduler.shutdown(wait=False)
+        with self._wake:
+            self._wake.notify_all()
 
     def alive(self) -> bool:
-        thread = getattr(self._scheduler, "_thread", None)
-        return bool(self._scheduler.running) and (thread is None or thread.is_alive())
+        return self._thread.is_alive() and not self._stopping.is_set()
 
     @property
     def last_started(self) -> float | None:
         return self._last_started
 
-    # -- the job -----------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            with self._wake:
+                delay = self._plan.due() - self._monotonic()
+                if delay > 0:
+                    self._wake.wait(delay)
+                    continue  # woken by trigger() or shutdown(), or due: look again
+                self._plan.begin(self._monotonic())
+            self.run_check()
+
+    # -- one check ---------------------------------------------------------------------------
 
     def run_check(self) -> None:
-        """One scheduled run: start a check unless an abandoned one still runs; publish it."""
+        """One run: start a check unless an abandoned one still runs; publish its report."""
         if self._stopping.is_set():
             return
-        with self._lock:
+        with self._wake:
             abandoned = self._abandoned
             if abandoned is not None and abandoned.is_alive():
                 since = self._abandoned_since or 0.0
@@ -235,51 +265,30 @@ class CheckScheduler:
                 log.info("timed-out check finished; its result was discarded")
                 self._abandoned = None
                 self._abandoned_since = None
-            self._running = True
-            self._rerun = False
             self._last_started = self._clock()
-        abandoned = None
         try:
             report, abandoned = run_with_deadline(
                 self._check_fn, self.timeout, clock=self._clock, cancel=self._stopping
             )
+            if abandoned is not None:
+                with self._wake:
+                    self._abandoned = abandoned
+                    self._abandoned_since = self._last_started
             if self._stopping.is_set():
                 return  # shutting down: a cancelled check is no result
             self._latest.publish(report)
             log_report(report)
-        except Exception:  # noqa: BLE001 - a scheduler job must never die
+        except Exception:  # noqa: BLE001 - the scheduler thread must never die
             log.exception("check job failed")
-        finally:
-            with self._lock:
-                self._running = False
-                if abandoned is not None:
-                    self._abandoned = abandoned
-                    self._abandoned_since = self._last_started
-                rerun, self._rerun = self._rerun, False
-            if rerun:
-                self._schedule_early()
 
     # -- early checks on events --------------------------------------------------------------
 
     def trigger(self, reason: str = "") -> None:
-        """Ask for a check soon (debounced); safe from any thread, never runs a check itself."""
+        """Ask for a check soon (debounced, coalesced); safe from any thread, never runs one."""
         log.debug("early check requested", extra={"reason": reason})
-        with self._lock:
-            if self._running:
-                self._rerun = True
-                return
-        self._schedule_early()
-
-    def _schedule_early(self) -> None:
-        try:
-            job = self._scheduler.get_job(JOB_ID)
-            if job is None:
-                return
-            want = datetime.now(UTC) + timedelta(seconds=self.debounce)
-            if job.next_run_time is None or job.next_run_time > want:
-                self._scheduler.modify_job(JOB_ID, next_run_time=want)
-        except Exception as exc:  # noqa: BLE001 - the scheduler may be shutting down
-            log.debug("could not reschedule the check", extra={"err": str(exc)})
+        with self._wake:
+            self._plan.request(self._monotonic())
+            self._wake.notify_all()
 
     # -- health ------------------------------------------------------------------------------
 
@@ -304,17 +313,55 @@ class CheckScheduler:
 
 # -- Docker events ---------------------------------------------------------------------------
 
+# Events that change who can talk to whom. Docker filters on action names whatever the type, so
+# network create/destroy come with the container ones; `container create` is only tracked (see
+# EventFilter). Docker 20.10 names the action in "Action" (and "status" for containers).
 EVENT_FILTERS = {
     "type": ["container", "network"],
-    "event": ["start", "die", "destroy", "connect", "disconnect"],
+    "event": ["create", "start", "die", "destroy", "rename", "connect", "disconnect"],
 }
 _WANTED = {
     ("container", "start"),
     ("container", "die"),
     ("container", "destroy"),
+    ("container", "rename"),
+    ("network", "create"),
+    ("network", "destroy"),
     ("network", "connect"),
     ("network", "disconnect"),
 }
+
+
+@dataclass
+class EventFilter:
+    """Which events ask for a check, so the check reads the state the event announced.
+
+    `docker run` emits container create, network connect, then container start. A check started
+    by the connect would read the world before the container runs (not listed yet, no rules) and
+    the start would be seen one whole check later; so a connect of a container created but not
+    yet started asks for nothing: its start will. A connect of a running container
+    (`docker network connect`) still asks for a check.
+    """
+
+    not_started: set[str] = field(default_factory=set)
+
+    def reason(self, event: dict[str, Any]) -> str | None:
+        kind = event.get("Type")
+        action = event.get("Action") or event.get("status")
+        actor = _object(event.get("Actor"))
+        if kind == "container":
+            cid = actor.get("ID")
+            if action == "create" and isinstance(cid, str):
+                self.not_started.add(cid)
+            elif action in ("start", "destroy"):
+                self.not_started.discard(cid)
+        elif kind == "network" and action == "connect":
+            attributes = (
+                actor.get("Attributes") if isinstance(actor.get("Attributes"), dict) else {}
+            )
+            if attributes.get("container") in self.not_started:
+                return None
+        return event_reason(event)
 
 
 class EventClient(Protocol):
@@ -333,8 +380,13 @@ def _docker_client_factory(docker_host: str, docker_timeout: float) -> Callable[
     return factory
 
 
+def _object(value: Any) -> dict[str, Any]:
+    """An event's sub-object, or an empty one when the daemon sent something else."""
+    return value if isinstance(value, dict) else {}
+
+
 def event_reason(event: dict[str, Any]) -> str | None:
-    """ "container start" etc. for an event that should trigger a check, else None."""
+    """ "container start" etc. for a kind of event that may change flows, else None."""
     kind = event.get("Type")
     action = event.get("Action") or event.get("status")
     if (kind, action) in _WANTED:
@@ -398,10 +450,12 @@ class DockerEventWatcher:
                 else:
                     log.debug("docker event stream connected")
                 connected_before = True
+                # Fresh per stream: a create missed while disconnected must not mute a connect.
+                events = EventFilter()
                 for event in stream:
                     if self._stop.is_set():
                         break
-                    reason = event_reason(event) if isinstance(event, dict) else None
+                    reason = events.reason(event) if isinstance(event, dict) else None
                     if reason:
                         self._notify(reason)
                 error = "stream ended"
