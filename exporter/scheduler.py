@@ -38,14 +38,12 @@ from typing import Any, Protocol
 import docker
 
 from exporter.check import CheckProgress
+from exporter.config import DEFAULT_CHECK_DEBOUNCE
 from exporter.latest import Latest
 from exporter.report import Report, SourceStatus
 
 log = logging.getLogger(__name__)
 
-# Seconds from a Docker event to the check it asks for: long enough to fold one `docker run` or
-# `docker rm` (a few events within ~0.1 s) into one check, short enough for the 2 s target.
-DEFAULT_DEBOUNCE = 0.2
 # How soon a check's wait notices that the scheduler is shutting down.
 CANCEL_POLL_SECONDS = 0.05
 # A check: it records in the CheckProgress which source it reads, so an overrun names it.
@@ -194,7 +192,7 @@ class CheckScheduler:
         *,
         interval: float = 15.0,
         timeout: float = 10.0,
-        debounce: float = DEFAULT_DEBOUNCE,
+        debounce: float = DEFAULT_CHECK_DEBOUNCE,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -12,7 +12,14 @@ from exporter.check import CheckProgress, run_check
 from exporter.config import CheckConfig
 from exporter.latest import Latest
 from exporter.report import Report, SourceStatus
-from exporter.scheduler import CheckScheduler, DockerEventWatcher, event_reason, run_with_deadline
+from exporter.scheduler import (
+    CheckPlan,
+    CheckScheduler,
+    DockerEventWatcher,
+    EventFilter,
+    event_reason,
+    run_with_deadline,
+)
 from exporter.sources import SOURCE_NAMES, Sources
 
 
@@ -243,6 +250,72 @@ def test_event_during_a_check_schedules_one_more():
         scheduler.shutdown()
 
 
+def test_plan_first_check_at_once_then_every_interval():
+    plan = CheckPlan(interval=15, debounce=0.2, next_periodic=100.0)
+    assert plan.due() == 100.0
+    plan.begin(100.0)
+    assert plan.due() == 115.0
+
+
+def test_plan_a_burst_of_events_makes_one_check_debounce_after_the_first():
+    plan = CheckPlan(interval=15, debounce=0.2)
+    plan.begin(100.0)
+    for now in (101.0, 101.05, 101.1, 101.15):
+        plan.request(now)
+    assert plan.due() == pytest.approx(101.2)  # a later event does not push the check back
+    plan.begin(101.2)
+    assert plan.due() == pytest.approx(116.2)  # served: the next one is periodic
+
+
+def test_plan_events_during_a_check_make_one_pending_check_not_a_queue():
+    plan = CheckPlan(interval=15, debounce=0.2)
+    plan.begin(100.0)  # a check runs from 100 to 103
+    for now in (100.5, 101.0, 102.0, 102.9):
+        plan.request(now)
+    # When it ends the pending check is overdue, so it starts at once, and it alone serves all.
+    assert plan.due() == pytest.approx(100.7)
+    plan.begin(103.0)
+    assert plan.requested is None and plan.due() == 118.0
+
+
+def test_plan_event_just_before_a_periodic_check_is_served_by_it():
+    plan = CheckPlan(interval=15, debounce=0.2)
+    plan.begin(100.0)
+    plan.request(114.9)
+    assert plan.due() == 115.0  # the periodic check comes first and reads the world after it
+    plan.begin(115.0)
+    assert plan.requested is None
+
+
+def test_many_events_during_a_check_give_exactly_one_more_that_starts_after_them():
+    gate = threading.Event()
+    starts: list[float] = []
+    events_done: list[float] = []
+
+    def check(progress: CheckProgress) -> Report:
+        starts.append(time.monotonic())
+        if len(starts) == 1:
+            gate.wait(5)
+        return ok_report()
+
+    latest = Latest()
+    scheduler = CheckScheduler(check, latest, interval=60, timeout=5.0, debounce=0.0)
+    scheduler.start()
+    try:
+        assert wait_for(lambda: len(starts) == 1)
+        for _ in range(50):
+            scheduler.trigger("container start")
+        events_done.append(time.monotonic())
+        gate.set()
+        assert wait_for(lambda: latest.snapshot().checks_total == 2)
+        time.sleep(0.1)  # nothing else is due: no third check may come
+        assert len(starts) == 2
+        assert starts[1] >= events_done[0]  # the pending check read the world after the events
+    finally:
+        gate.set()
+        scheduler.shutdown()
+
+
 def test_health():
     now = [1000.0]
     scheduler = CheckScheduler(
@@ -268,6 +341,58 @@ def test_event_reason_filter():
     assert event_reason({"Type": "network", "Action": "disconnect"}) == "network disconnect"
     assert event_reason({"Type": "container", "Action": "exec_start: sh"}) is None
     assert event_reason({"Type": "image", "Action": "pull"}) is None
+
+
+def container_event(action: str, cid: str) -> dict:
+    return {"Type": "container", "Action": action, "Actor": {"ID": cid, "Attributes": {}}}
+
+
+def connect_event(cid: str) -> dict:
+    return {
+        "Type": "network",
+        "Action": "connect",
+        "Actor": {"ID": "net1", "Attributes": {"container": cid, "name": "bridge"}},
+    }
+
+
+def test_event_filter_waits_for_start_not_the_connect_before_it():
+    events = EventFilter()
+    reasons = [
+        events.reason(event)
+        for event in (
+            container_event("create", "c1"),
+            connect_event("c1"),  # docker run: connected before it runs
+            container_event("start", "c1"),
+            connect_event("c1"),  # docker network connect of the running container
+            connect_event("c2"),  # created before the stream: connect counts
+            container_event("die", "c1"),
+            container_event("rename", "c1"),
+            container_event("destroy", "c1"),
+            {"Type": "network", "Action": "destroy", "Actor": {"ID": "net1"}},
+            {"Type": "container", "Action": "exec_start: sh", "Actor": {"ID": "c1"}},
+        )
+    ]
+    assert reasons == [
+        None,
+        None,
+        "container start",
+        "network connect",
+        "network connect",
+        "container die",
+        "container rename",
+        "container destroy",
+        "network destroy",
+        None,
+    ]
+    assert events.not_started == set()
+
+
+def test_event_filter_forgets_a_created_container_destroyed_unstarted():
+    events = EventFilter()
+    events.reason(container_event("create", "c1"))
+    events.reason(container_event("destroy", "c1"))
+    assert events.not_started == set()
+    assert events.reason({"Type": "container", "Actor": "garbage"}) is None
 
 
 class FakeClient:
