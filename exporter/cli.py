@@ -37,7 +37,7 @@ from typing import IO, Any, NoReturn
 from prometheus_client import CollectorRegistry
 
 from exporter import __version__
-from exporter.check import CheckProgress, run_check
+from exporter.check import CheckProgress, WarmCheck, run_check
 from exporter.collector import NetpolicyCollector
 from exporter.config import (
     CHECK_DEBOUNCE_RANGE,
@@ -353,13 +353,15 @@ def config_from_args(args: argparse.Namespace) -> ExporterConfig:
 
 
 def live_run_check(cfg: ExporterConfig) -> RunCheck:
-    """The real check: build the sources once, then run_check on each call."""
+    """The real check: build the sources once, then run_check on each call; what did not change
+    since the last call is neither parsed nor decided again (WarmCheck)."""
     sources = build_sources(cfg)
+    warm = WarmCheck()
 
     def run(
         check_config: CheckConfig, files: Mapping[str, str] | None, progress: CheckProgress
     ) -> tuple[Report, dict[str, str]]:
-        return run_check(sources, check_config, files, progress)
+        return run_check(sources, check_config, files, progress, warm)
 
     return run
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
-from exporter.check import CheckProgress, run_check
-from exporter.config import CheckConfig
+from exporter.check import CheckProgress, WarmCheck, run_check
+from exporter.config import CheckConfig, ExporterConfig
 from exporter.latest import Latest
 from exporter.report import Report, SourceStatus
 from exporter.scheduler import (
@@ -20,7 +21,9 @@ from exporter.scheduler import (
     event_reason,
     run_with_deadline,
 )
-from exporter.sources import SOURCE_NAMES, Sources
+from exporter.sources import SOURCE_NAMES, Sources, build_sources
+from exporter.sources.base import ParseMemo, SourceError
+from exporter.sources.snapshot import read_snapshot
 
 
 def ok_report() -> Report:
@@ -497,3 +500,104 @@ def test_cancel_ends_the_wait_with_a_failed_report(release):
     assert time.monotonic() - began < 0.5
     assert abandoned is not None and abandoned.is_alive()
     assert report.errors == ("check cancelled: the exporter is stopping",)
+
+
+# -- warm checks: unchanged raw input is not parsed again, unchanged inputs not decided again ----
+
+SNAPSHOT = Path(__file__).resolve().parent.parent / "fixtures/sources/lab-nft-drift"
+
+
+class Replay:
+    """A real source whose fetch prints a recorded snapshot (or fails), counting its parses."""
+
+    def __init__(self, source, files: dict[str, str]) -> None:
+        self.name = source.name
+        self._source = source
+        self.files = files
+        self.fail: str | None = None
+        self.parses = 0
+
+    def fetch(self) -> dict[str, str]:
+        if self.fail:
+            raise SourceError(self.fail)
+        return dict(self.files)  # a fresh dict each time, as a real fetch makes
+
+    def parse(self, files):
+        self.parses += 1
+        return self._source.parse(files)
+
+
+@pytest.fixture
+def replayed() -> Sources:
+    files = read_snapshot(SNAPSHOT)
+    return Sources(*(Replay(source, files) for source in build_sources(ExporterConfig())))
+
+
+def test_unchanged_dumps_are_parsed_once_and_decided_once(replayed):
+    warm = WarmCheck()
+    first, _ = run_check(replayed, CheckConfig(), None, None, warm)
+    second, _ = run_check(replayed, CheckConfig(), None, None, warm)
+    assert first.evaluated and first.up and first.findings
+    assert [source.parses for source in replayed] == [1] * len(SOURCE_NAMES)
+    assert warm.decisions_reused == 1
+    assert second.started >= first.started
+    assert (second.findings, second.flow_counts, second.networks) == (
+        first.findings,
+        first.flow_counts,
+        first.networks,
+    )
+    cold, _ = run_check(replayed, CheckConfig(), None, None)  # no WarmCheck: parsed again
+    assert cold.findings == first.findings and replayed.docker.parses == 2
+
+
+def test_a_changed_dump_is_parsed_and_decided_anew(replayed):
+    warm = WarmCheck()
+    run_check(replayed, CheckConfig(), None, None, warm)
+    replayed.iptables.files = {**replayed.iptables.files, "iptables-save.txt": "garbage\n"}
+    changed, _ = run_check(replayed, CheckConfig(), None, None, warm)
+    assert replayed.iptables.parses == 2 and replayed.docker.parses == 1
+    assert warm.decisions_reused == 0
+    assert not changed.evaluated  # the garbled dump is read as such, not as the last good one
+
+
+def test_a_failing_source_is_never_served_from_the_last_read(replayed):
+    warm = WarmCheck()
+    good, _ = run_check(replayed, CheckConfig(), None, None, warm)
+    replayed.ip6tables.fail = "ip6tables: ip6tables-nft-save timed out after 1s"
+    failed, _ = run_check(replayed, CheckConfig(), None, None, warm)
+    assert warm.decisions_reused == 0
+    assert not failed.up
+    assert [(s.name, s.up) for s in failed.sources if not s.up] == [("ip6tables", False)]
+    assert failed.errors == ("ip6tables: ip6tables-nft-save timed out after 1s",)
+    replayed.ip6tables.fail = None
+    recovered, _ = run_check(replayed, CheckConfig(), None, None, warm)
+    assert recovered.up and recovered.findings == good.findings
+    assert warm.decisions_reused == 0  # decided anew after the failure
+
+
+def test_another_config_is_decided_anew(replayed):
+    warm = WarmCheck()
+    run_check(replayed, CheckConfig(), None, None, warm)
+    run_check(replayed, replace(CheckConfig(), all_flows=True), None, None, warm)
+    assert warm.decisions_reused == 0
+
+
+def test_a_parse_that_fails_is_not_remembered():
+    class Flaky(Fixed):
+        def __init__(self) -> None:
+            super().__init__("docker")
+            self.calls = 0
+
+        def parse(self, files):
+            self.calls += 1
+            if self.calls == 1:
+                raise SourceError("docker: docker-inspect.json is not valid JSON")
+            return "state"
+
+    memo = ParseMemo()
+    source = Flaky()
+    with pytest.raises(SourceError):
+        memo.parse(source, {"a": "1"})
+    assert memo.parse(source, {"a": "1"}) == "state"
+    assert memo.parse(source, {"a": "1"}) == "state"
+    assert source.calls == 2 and (memo.parsed, memo.reused) == (1, 1)
