@@ -44,6 +44,9 @@ from exporter.report import Report, SourceStatus
 
 log = logging.getLogger(__name__)
 
+# A verdict read while Docker was mid-change is held back (a new check replaces it) unless the
+# published one is older than this: within the 2 s a change may take to show in /metrics.
+HOLD_LIMIT = 1.0
 # How soon a check's wait notices that the scheduler is shutting down.
 CANCEL_POLL_SECONDS = 0.05
 # A check: it records in the CheckProgress which source it reads, so an overrun names it.
@@ -195,8 +198,10 @@ class CheckScheduler:
         debounce: float = DEFAULT_CHECK_DEBOUNCE,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        changes: ChangeLog | None = None,
     ) -> None:
         self._check_fn = check_fn
+        self._changes = changes
         self._latest = latest
         self.interval = interval
         self.timeout = timeout
@@ -210,6 +215,7 @@ class CheckScheduler:
         self._abandoned_since: float | None = None
         self._last_started: float | None = None
         self._started_at: float | None = None
+        self._last_published: float | None = None  # monotonic
         # Set by shutdown(): the loop ends and a running check's result is not published.
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="netpolicy-scheduler", daemon=True)
@@ -264,6 +270,7 @@ class CheckScheduler:
                 self._abandoned = None
                 self._abandoned_since = None
             self._last_started = self._clock()
+        began = self._monotonic()
         try:
             report, abandoned = run_with_deadline(
                 self._check_fn, self.timeout, clock=self._clock, cancel=self._stopping
@@ -274,10 +281,28 @@ class CheckScheduler:
                     self._abandoned_since = self._last_started
             if self._stopping.is_set():
                 return  # shutting down: a cancelled check is no result
+            now = self._monotonic()
+            if self._superseded(report, began, now):
+                log.debug("check held back: the world changed while it read; checking again")
+                with self._wake:
+                    self._plan.request(now)
+                    self._wake.notify_all()
+                return
             self._latest.publish(report)
+            self._last_published = now
             log_report(report)
         except Exception:  # noqa: BLE001 - the scheduler thread must never die
             log.exception("check job failed")
+
+    def _superseded(self, report: Report, began: float, now: float) -> bool:
+        """A verdict read while Docker was mid-change (see ChangeLog), while the published one is
+        younger than HOLD_LIMIT: a check after `debounce` replaces it, so it is not published.
+        Past HOLD_LIMIT it is, so endless churn cannot freeze /metrics."""
+        if not report.evaluated or self._changes is None or self._last_published is None:
+            return False
+        if now - self._last_published >= HOLD_LIMIT:
+            return False
+        return not self._changes.settled_since(began, now)
 
     # -- early checks on events --------------------------------------------------------------
 
@@ -312,11 +337,11 @@ class CheckScheduler:
 # -- Docker events ---------------------------------------------------------------------------
 
 # Events that change who can talk to whom. Docker filters on action names whatever the type, so
-# network create/destroy come with the container ones; `container create` is only tracked (see
-# EventFilter). Docker 20.10 names the action in "Action" (and "status" for containers).
+# network create/destroy come with the container ones; container create and stop are only noted
+# (see EventFilter). Docker 20.10 names the action in "Action" (and "status" for containers).
 EVENT_FILTERS = {
     "type": ["container", "network"],
-    "event": ["create", "start", "die", "destroy", "rename", "connect", "disconnect"],
+    "event": ["create", "start", "die", "stop", "destroy", "rename", "connect", "disconnect"],
 }
 _WANTED = {
     ("container", "start"),
@@ -330,9 +355,58 @@ _WANTED = {
 }
 
 
+# How long a container may stay between create and start, or between die and the release of its
+# network, before a check stops waiting for it (`docker create` alone never starts).
+TRANSITION_MAX_AGE = 5.0
+
+
+class ChangeLog:
+    """What the event stream says about changes in flight; the scheduler asks it whether a check
+    read a settled world. Thread-safe; times are monotonic seconds.
+
+    Docker changes the world in steps: between a container's create and its start its link rules
+    already exist but it is not running; between its die and the release of its network
+    (disconnect, destroy, stop) it is still listed as running but its rules are gone. A check
+    that reads during such a step, or while any event arrives, may see half of a change: drift
+    the host does not have once Docker is done.
+    """
+
+    def __init__(self, max_age: float = TRANSITION_MAX_AGE) -> None:
+        self._lock = threading.Lock()
+        self._max_age = max_age
+        self._last_event: float | None = None
+        # Container id -> ("created" | "died", when the step began).
+        self._open: dict[str, tuple[str, float]] = {}
+
+    def event(self, now: float) -> None:
+        with self._lock:
+            self._last_event = now
+
+    def begin_step(self, cid: str, step: str, now: float) -> None:
+        with self._lock:
+            self._open[cid] = (step, now)
+
+    def end_step(self, cid: str) -> None:
+        with self._lock:
+            self._open.pop(cid, None)
+
+    def in_step(self, cid: str, step: str) -> bool:
+        with self._lock:
+            return self._open.get(cid, ("", 0.0))[0] == step
+
+    def settled_since(self, began: float, now: float) -> bool:
+        """True when no event came at or after `began` and no step is open (younger than
+        max_age) at `now`."""
+        with self._lock:
+            if self._last_event is not None and self._last_event >= began:
+                return False
+            return all(now - since >= self._max_age for _, since in self._open.values())
+
+
 @dataclass
 class EventFilter:
-    """Which events ask for a check, so the check reads the state the event announced.
+    """Which events ask for a check, so the check reads the state the event announced; each
+    event is also noted in `changes`.
 
     `docker run` emits container create, network connect, then container start. A check started
     by the connect would read the world before the container runs (not listed yet, no rules) and
@@ -341,23 +415,28 @@ class EventFilter:
     (`docker network connect`) still asks for a check.
     """
 
-    not_started: set[str] = field(default_factory=set)
+    changes: ChangeLog = field(default_factory=ChangeLog)
+    monotonic: Callable[[], float] = time.monotonic
 
     def reason(self, event: dict[str, Any]) -> str | None:
+        now = self.monotonic()
+        self.changes.event(now)
         kind = event.get("Type")
         action = event.get("Action") or event.get("status")
         actor = _object(event.get("Actor"))
         if kind == "container":
             cid = actor.get("ID")
-            if action == "create" and isinstance(cid, str):
-                self.not_started.add(cid)
-            elif action in ("start", "destroy"):
-                self.not_started.discard(cid)
-        elif kind == "network" and action == "connect":
-            attributes = (
-                actor.get("Attributes") if isinstance(actor.get("Attributes"), dict) else {}
-            )
-            if attributes.get("container") in self.not_started:
+            if not isinstance(cid, str):
+                return event_reason(event)
+            if action in ("create", "die"):
+                self.changes.begin_step(cid, "created" if action == "create" else "died", now)
+            elif action in ("start", "destroy", "stop"):
+                self.changes.end_step(cid)
+        elif kind == "network" and action in ("connect", "disconnect"):
+            container = _object(actor.get("Attributes")).get("container")
+            if isinstance(container, str) and action == "disconnect":
+                self.changes.end_step(container)  # its network is released: the die is done
+            elif isinstance(container, str) and self.changes.in_step(container, "created"):
                 return None
         return event_reason(event)
 
@@ -399,6 +478,7 @@ class DockerEventWatcher:
         self,
         on_event: Callable[[str], None],
         *,
+        changes: ChangeLog | None = None,
         docker_host: str = "",
         docker_timeout: float = 5.0,
         client_factory: Callable[[], EventClient] | None = None,
@@ -406,6 +486,7 @@ class DockerEventWatcher:
         backoff_max: float = 30.0,
     ) -> None:
         self._on_event = on_event
+        self._changes = changes or ChangeLog()
         self._factory = client_factory or _docker_client_factory(docker_host, docker_timeout)
         self._backoff_min = backoff_min
         self._backoff_max = backoff_max
@@ -448,8 +529,7 @@ class DockerEventWatcher:
                 else:
                     log.debug("docker event stream connected")
                 connected_before = True
-                # Fresh per stream: a create missed while disconnected must not mute a connect.
-                events = EventFilter()
+                events = EventFilter(self._changes)
                 for event in stream:
                     if self._stop.is_set():
                         break

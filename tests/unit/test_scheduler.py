@@ -14,6 +14,8 @@ from exporter.config import CheckConfig, ExporterConfig
 from exporter.latest import Latest
 from exporter.report import Report, SourceStatus
 from exporter.scheduler import (
+    HOLD_LIMIT,
+    ChangeLog,
     CheckPlan,
     CheckScheduler,
     DockerEventWatcher,
@@ -319,6 +321,70 @@ def test_many_events_during_a_check_give_exactly_one_more_that_starts_after_them
         scheduler.shutdown()
 
 
+def test_a_verdict_read_while_docker_changed_is_replaced_by_a_new_check():
+    now = [100.0]
+    changes = ChangeLog()
+    reports: list[Report] = []
+
+    def check(progress: CheckProgress) -> Report:
+        if len(reports) == 1:
+            changes.event(now[0])  # an event arrives while the second check reads
+        reports.append(ok_report())
+        return reports[-1]
+
+    latest = Latest()
+    scheduler = CheckScheduler(
+        check, latest, interval=60, debounce=0.2, monotonic=lambda: now[0], changes=changes
+    )
+    scheduler.run_check()
+    assert latest.report is reports[0]  # the first is always published
+    now[0] += 0.5
+    scheduler.run_check()
+    assert latest.report is reports[0]  # held back ...
+    assert scheduler._plan.requested == pytest.approx(100.7)  # ... and a new check asked for
+    now[0] += 0.2
+    scheduler.run_check()
+    assert latest.report is reports[2] and latest.snapshot().checks_total == 2
+
+
+def test_endless_churn_still_publishes_every_hold_limit():
+    now = [100.0]
+    changes = ChangeLog()
+
+    def check(progress: CheckProgress) -> Report:
+        changes.event(now[0])  # every check reads while something changes
+        return ok_report()
+
+    latest = Latest()
+    scheduler = CheckScheduler(
+        check, latest, interval=60, monotonic=lambda: now[0], changes=changes
+    )
+    published = []
+    for _ in range(20):
+        scheduler.run_check()
+        published.append(latest.snapshot().checks_total)
+        now[0] += 0.25
+    # One publish per HOLD_LIMIT (1 s) of checks 0.25 s apart: never frozen, never every check.
+    assert published[-1] == pytest.approx(20 * 0.25 / HOLD_LIMIT, abs=1)
+
+
+def test_a_failed_check_is_never_held_back():
+    now = [100.0]
+    changes = ChangeLog()
+    latest = Latest()
+
+    def check(progress: CheckProgress) -> Report:
+        changes.event(now[0])
+        return replace(ok_report(), up=False, evaluated=False, errors=("docker: down",))
+
+    scheduler = CheckScheduler(
+        check, latest, interval=60, monotonic=lambda: now[0], changes=changes
+    )
+    scheduler.run_check()
+    scheduler.run_check()
+    assert latest.snapshot().checks_total == 2
+
+
 def test_health():
     now = [1000.0]
     scheduler = CheckScheduler(
@@ -387,15 +453,48 @@ def test_event_filter_waits_for_start_not_the_connect_before_it():
         "network destroy",
         None,
     ]
-    assert events.not_started == set()
+    assert not events.changes.in_step("c1", "created")
 
 
 def test_event_filter_forgets_a_created_container_destroyed_unstarted():
     events = EventFilter()
     events.reason(container_event("create", "c1"))
     events.reason(container_event("destroy", "c1"))
-    assert events.not_started == set()
+    assert not events.changes.in_step("c1", "created")
     assert events.reason({"Type": "container", "Actor": "garbage"}) is None
+
+
+def disconnect_event(cid: str) -> dict:
+    return {**connect_event(cid), "Action": "disconnect"}
+
+
+def test_event_filter_notes_dockers_steps_in_flight():
+    """Between create and start, and between die and the network's release, a check would read
+    half a change."""
+    now = [100.0]
+    changes = ChangeLog(max_age=5)
+    events = EventFilter(changes, monotonic=lambda: now[0])
+    events.reason(container_event("create", "c1"))
+    events.reason(connect_event("c1"))
+    now[0] = 101.0
+    assert not changes.settled_since(100.5, now[0])  # c1 created, not started
+    events.reason(container_event("start", "c1"))
+    now[0] = 102.0
+    assert changes.settled_since(101.5, now[0])
+    assert not changes.settled_since(101.0, now[0])  # the start came while that check read
+    events.reason(container_event("die", "c1"))
+    now[0] = 103.0
+    assert not changes.settled_since(102.5, now[0])  # died, its network not yet released
+    events.reason(disconnect_event("c1"))
+    now[0] = 104.0
+    assert changes.settled_since(103.5, now[0])
+
+
+def test_a_step_that_never_ends_stops_counting_after_max_age():
+    changes = ChangeLog(max_age=5)
+    changes.begin_step("c1", "created", 100.0)  # docker create, never started
+    assert not changes.settled_since(102.0, 104.9)
+    assert changes.settled_since(102.0, 105.0)
 
 
 class FakeClient:
