@@ -19,6 +19,11 @@
 - `trigger()` asks for an early check (Docker events), coalesced, never queued: at most one check
   runs and one is pending, and the pending one reads the world when it starts, so every event
   before its start is in it. Never two checks at once.
+- A verdict read while Docker was mid-change (`ChangeLog`: an event during the read, a container
+  between create and start or between die and its network's release) is held back and the check
+  runs again after `debounce`, unless the published report is older than HOLD_LIMIT. Docker's own
+  steps would otherwise show as drift for a moment (rules of a container not yet running, a
+  running container whose rules are already gone).
 - `DockerEventWatcher`: a thread that follows `GET /events` (container start/die/destroy/rename,
   network create/destroy/connect/disconnect; `EventFilter` says which) and calls `trigger()`.
   A dropped stream is retried with backoff (1s doubling to 30s), one log line per drop; a
