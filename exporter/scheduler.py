@@ -21,7 +21,8 @@
   before its start is in it. Never two checks at once.
 - A verdict read while Docker was mid-change (`ChangeLog`: an event during the read, a container
   between create and start or between die and its network's release) is held back and the check
-  runs again after `debounce`, unless the published report is older than HOLD_LIMIT. Docker's own
+  runs again after `debounce`, unless the published report is older than HOLD_LIMIT (events
+  only) or STEP_HOLD_LIMIT (a container between two steps). Docker's own
   steps would otherwise show as drift for a moment (rules of a container not yet running, a
   running container whose rules are already gone).
 - `DockerEventWatcher`: a thread that follows `GET /events` (container start/die/destroy/rename,
@@ -49,9 +50,15 @@ from exporter.report import Report, SourceStatus
 
 log = logging.getLogger(__name__)
 
-# A verdict read while Docker was mid-change is held back (a new check replaces it) unless the
-# published one is older than this: within the 2 s a change may take to show in /metrics.
+# A verdict read while events came is held back (a new check replaces it) unless the published
+# one is older than this: within the 2 s a change may take to show in /metrics.
 HOLD_LIMIT = 1.0
+# How long a container may stay between create and start, or between die and the release of its
+# network, before a check stops waiting for it (`docker create` alone never starts).
+TRANSITION_MAX_AGE = 5.0
+# A verdict read while a container was between two steps (see ChangeLog) likely shows half a
+# change as drift: held back longer, as long as a step may count.
+STEP_HOLD_LIMIT = TRANSITION_MAX_AGE
 # How soon a check's wait notices that the scheduler is shutting down.
 CANCEL_POLL_SECONDS = 0.05
 # A check: it records in the CheckProgress which source it reads, so an overrun names it.
@@ -300,14 +307,17 @@ class CheckScheduler:
             log.exception("check job failed")
 
     def _superseded(self, report: Report, began: float, now: float) -> bool:
-        """A verdict read while Docker was mid-change (see ChangeLog), while the published one is
-        younger than HOLD_LIMIT: a check after `debounce` replaces it, so it is not published.
-        Past HOLD_LIMIT it is, so endless churn cannot freeze /metrics."""
+        """A verdict read while Docker was mid-change (see ChangeLog): a check after `debounce`
+        replaces it, so it is not published while the published one is young enough: younger
+        than HOLD_LIMIT when only events came during the read, younger than STEP_HOLD_LIMIT
+        when a container was between two steps. Past that it is, so churn cannot freeze
+        /metrics for ever."""
         if not report.evaluated or self._changes is None or self._last_published is None:
             return False
-        if now - self._last_published >= HOLD_LIMIT:
-            return False
-        return not self._changes.settled_since(began, now)
+        age = now - self._last_published
+        if not self._changes.no_step_since(began, now):
+            return age < STEP_HOLD_LIMIT
+        return age < HOLD_LIMIT and not self._changes.quiet_since(began)
 
     # -- early checks on events --------------------------------------------------------------
 
@@ -360,11 +370,6 @@ _WANTED = {
 }
 
 
-# How long a container may stay between create and start, or between die and the release of its
-# network, before a check stops waiting for it (`docker create` alone never starts).
-TRANSITION_MAX_AGE = 5.0
-
-
 class ChangeLog:
     """What the event stream says about changes in flight; the scheduler asks it whether a check
     read a settled world. Thread-safe; times are monotonic seconds.
@@ -380,6 +385,7 @@ class ChangeLog:
         self._lock = threading.Lock()
         self._max_age = max_age
         self._last_event: float | None = None
+        self._last_step_end: float | None = None
         # Container id -> ("created" | "died", when the step began).
         self._open: dict[str, tuple[str, float]] = {}
 
@@ -391,21 +397,30 @@ class ChangeLog:
         with self._lock:
             self._open[cid] = (step, now)
 
-    def end_step(self, cid: str) -> None:
+    def end_step(self, cid: str, now: float) -> None:
         with self._lock:
-            self._open.pop(cid, None)
+            if self._open.pop(cid, None) is not None:
+                self._last_step_end = now
 
     def in_step(self, cid: str, step: str) -> bool:
         with self._lock:
             return self._open.get(cid, ("", 0.0))[0] == step
 
-    def settled_since(self, began: float, now: float) -> bool:
-        """True when no event came at or after `began` and no step is open (younger than
-        max_age) at `now`."""
+    def quiet_since(self, began: float) -> bool:
+        """True when no event came at or after `began`."""
         with self._lock:
-            if self._last_event is not None and self._last_event >= began:
+            return self._last_event is None or self._last_event < began
+
+    def no_step_since(self, began: float, now: float) -> bool:
+        """True when no step was open at any time from `began` to `now` (a step open longer than
+        max_age no longer counts)."""
+        with self._lock:
+            if self._last_step_end is not None and self._last_step_end >= began:
                 return False
             return all(now - since >= self._max_age for _, since in self._open.values())
+
+    def settled_since(self, began: float, now: float) -> bool:
+        return self.quiet_since(began) and self.no_step_since(began, now)
 
 
 @dataclass
@@ -436,11 +451,11 @@ class EventFilter:
             if action in ("create", "die"):
                 self.changes.begin_step(cid, "created" if action == "create" else "died", now)
             elif action in ("start", "destroy", "stop"):
-                self.changes.end_step(cid)
+                self.changes.end_step(cid, now)
         elif kind == "network" and action in ("connect", "disconnect"):
             container = _object(actor.get("Attributes")).get("container")
             if isinstance(container, str) and action == "disconnect":
-                self.changes.end_step(container)  # its network is released: the die is done
+                self.changes.end_step(container, now)  # its network is released: die is done
             elif isinstance(container, str) and self.changes.in_step(container, "created"):
                 return None
         return event_reason(event)

@@ -15,6 +15,7 @@ from exporter.latest import Latest
 from exporter.report import Report, SourceStatus
 from exporter.scheduler import (
     HOLD_LIMIT,
+    STEP_HOLD_LIMIT,
     ChangeLog,
     CheckPlan,
     CheckScheduler,
@@ -347,6 +348,48 @@ def test_a_verdict_read_while_docker_changed_is_replaced_by_a_new_check():
     assert latest.report is reports[2] and latest.snapshot().checks_total == 2
 
 
+def test_a_verdict_read_between_two_steps_is_held_back_longer():
+    now = [100.0]
+    changes = ChangeLog()
+    latest = Latest()
+    scheduler = CheckScheduler(
+        lambda progress: ok_report(), latest, interval=60, monotonic=lambda: now[0], changes=changes
+    )
+    scheduler.run_check()
+    changes.begin_step("c1", "created", now[0])  # created, its rules are there, not started
+    published = []
+    for _ in range(12):
+        now[0] += 0.5
+        scheduler.run_check()
+        published.append(latest.snapshot().checks_total)
+    # Held back until STEP_HOLD_LIMIT; then the step, as old, no longer counts (it may never end).
+    assert STEP_HOLD_LIMIT == 5.0
+    assert published == [1] * 9 + [2, 3, 4]
+
+
+def test_a_verdict_read_while_a_step_ended_is_held_back():
+    now = [100.0]
+    changes = ChangeLog()
+    latest = Latest()
+
+    def check(progress: CheckProgress) -> Report:
+        if latest.snapshot().checks_total == 1:
+            changes.end_step("c1", now[0])  # the container starts while the check reads
+        return ok_report()
+
+    scheduler = CheckScheduler(
+        check, latest, interval=60, monotonic=lambda: now[0], changes=changes
+    )
+    scheduler.run_check()
+    changes.begin_step("c1", "created", now[0])
+    now[0] += 2.0  # past HOLD_LIMIT, within STEP_HOLD_LIMIT
+    scheduler.run_check()
+    assert latest.snapshot().checks_total == 1
+    now[0] += 0.2
+    scheduler.run_check()  # began after the step ended: settled
+    assert latest.snapshot().checks_total == 2
+
+
 def test_endless_churn_still_publishes_every_hold_limit():
     now = [100.0]
     changes = ChangeLog()
@@ -493,8 +536,8 @@ def test_event_filter_notes_dockers_steps_in_flight():
 def test_a_step_that_never_ends_stops_counting_after_max_age():
     changes = ChangeLog(max_age=5)
     changes.begin_step("c1", "created", 100.0)  # docker create, never started
-    assert not changes.settled_since(102.0, 104.9)
-    assert changes.settled_since(102.0, 105.0)
+    assert not changes.no_step_since(102.0, 104.9)
+    assert changes.no_step_since(102.0, 105.0)
 
 
 class FakeClient:
