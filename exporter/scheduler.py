@@ -419,9 +419,6 @@ class ChangeLog:
                 return False
             return all(now - since >= self._max_age for _, since in self._open.values())
 
-    def settled_since(self, began: float, now: float) -> bool:
-        return self.quiet_since(began) and self.no_step_since(began, now)
-
 
 @dataclass
 class EventFilter:

@@ -511,6 +511,10 @@ def disconnect_event(cid: str) -> dict:
     return {**connect_event(cid), "Action": "disconnect"}
 
 
+def settled(changes: ChangeLog, began: float, now: float) -> bool:
+    return changes.quiet_since(began) and changes.no_step_since(began, now)
+
+
 def test_event_filter_notes_dockers_steps_in_flight():
     """Between create and start, and between die and the network's release, a check would read
     half a change."""
@@ -520,17 +524,17 @@ def test_event_filter_notes_dockers_steps_in_flight():
     events.reason(container_event("create", "c1"))
     events.reason(connect_event("c1"))
     now[0] = 101.0
-    assert not changes.settled_since(100.5, now[0])  # c1 created, not started
+    assert not settled(changes, 100.5, now[0])  # c1 created, not started
     events.reason(container_event("start", "c1"))
     now[0] = 102.0
-    assert changes.settled_since(101.5, now[0])
-    assert not changes.settled_since(101.0, now[0])  # the start came while that check read
+    assert settled(changes, 101.5, now[0])
+    assert not settled(changes, 101.0, now[0])  # the start came while that check read
     events.reason(container_event("die", "c1"))
     now[0] = 103.0
-    assert not changes.settled_since(102.5, now[0])  # died, its network not yet released
+    assert not settled(changes, 102.5, now[0])  # died, its network not yet released
     events.reason(disconnect_event("c1"))
     now[0] = 104.0
-    assert changes.settled_since(103.5, now[0])
+    assert settled(changes, 103.5, now[0])
 
 
 def test_a_step_that_never_ends_stops_counting_after_max_age():
