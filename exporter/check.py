@@ -2,6 +2,8 @@
 
 Reading (`read_inputs`) and deciding (`build_report`) are apart: an offline check of a snapshot
 parses the snapshot's files with the same sources and decides with the same code as a live check.
+A live check may carry a `WarmCheck`: what did not change since its last check is neither parsed
+nor decided again.
 """
 
 from __future__ import annotations

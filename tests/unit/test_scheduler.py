@@ -721,6 +721,17 @@ def test_a_failing_source_is_never_served_from_the_last_read(replayed):
     assert warm.decisions_reused == 0  # decided anew after the failure
 
 
+def test_a_source_failing_twice_reports_its_newest_error(replayed):
+    warm = WarmCheck()
+    replayed.ipset.fail = "ipset: ipset save timed out after 1s"
+    run_check(replayed, CheckConfig(), None, None, warm)
+    replayed.ipset.fail = "ipset: ipset save failed (exit 1): Kernel error"
+    second, _ = run_check(replayed, CheckConfig(), None, None, warm)
+    assert warm.decisions_reused == 0
+    assert second.errors == ("ipset: ipset save failed (exit 1): Kernel error",)
+    assert not second.up
+
+
 def test_another_config_is_decided_anew(replayed):
     warm = WarmCheck()
     run_check(replayed, CheckConfig(), None, None, warm)
