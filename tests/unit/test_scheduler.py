@@ -15,6 +15,7 @@ from exporter.latest import Latest
 from exporter.report import Report, SourceStatus
 from exporter.scheduler import (
     HOLD_LIMIT,
+    RELEASE_GRACE,
     STEP_HOLD_LIMIT,
     ChangeLog,
     CheckPlan,
@@ -532,9 +533,10 @@ def test_event_filter_notes_dockers_steps_in_flight():
     events.reason(container_event("die", "c1"))
     now[0] = 103.0
     assert not settled(changes, 102.5, now[0])  # died, its network not yet released
-    events.reason(disconnect_event("c1"))
+    events.reason(disconnect_event("c1"))  # at 103: still listed for a moment after it
     now[0] = 104.0
-    assert settled(changes, 103.5, now[0])
+    assert not settled(changes, 103.0 + RELEASE_GRACE - 0.01, now[0])
+    assert settled(changes, 103.0 + RELEASE_GRACE, now[0])
 
 
 def test_a_step_that_never_ends_stops_counting_after_max_age():
