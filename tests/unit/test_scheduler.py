@@ -536,7 +536,7 @@ def test_event_filter_notes_dockers_steps_in_flight():
     events.reason(disconnect_event("c1"))  # at 103: still listed for a moment after it
     now[0] = 104.0
     assert not settled(changes, 103.0 + RELEASE_GRACE - 0.01, now[0])
-    assert settled(changes, 103.0 + RELEASE_GRACE, now[0])
+    assert settled(changes, 103.0 + RELEASE_GRACE + 0.01, now[0])
 
 
 def test_a_step_that_never_ends_stops_counting_after_max_age():
