@@ -37,7 +37,7 @@ from typing import IO, Any, NoReturn
 from prometheus_client import CollectorRegistry
 
 from exporter import __version__
-from exporter.check import CheckProgress, run_check
+from exporter.check import CheckProgress, WarmCheck, run_check
 from exporter.collector import NetpolicyCollector
 from exporter.config import (
     CHECK_DEBOUNCE_RANGE,
@@ -64,7 +64,7 @@ from exporter.latest import Latest
 from exporter.logs import setup_logging
 from exporter.render import escape_text, format_json, format_text
 from exporter.report import Report
-from exporter.scheduler import CheckScheduler, DockerEventWatcher, run_with_deadline
+from exporter.scheduler import ChangeLog, CheckScheduler, DockerEventWatcher, run_with_deadline
 from exporter.sources import build_sources
 from exporter.sources.snapshot import read_snapshot, write_snapshot
 from exporter.webconfig import WebConfigError, WebConfigFile
@@ -353,13 +353,15 @@ def config_from_args(args: argparse.Namespace) -> ExporterConfig:
 
 
 def live_run_check(cfg: ExporterConfig) -> RunCheck:
-    """The real check: build the sources once, then run_check on each call."""
+    """The real check: build the sources once, then run_check on each call; what did not change
+    since the last call is neither parsed nor decided again (WarmCheck)."""
     sources = build_sources(cfg)
+    warm = WarmCheck()
 
     def run(
         check_config: CheckConfig, files: Mapping[str, str] | None, progress: CheckProgress
     ) -> tuple[Report, dict[str, str]]:
-        return run_check(sources, check_config, files, progress)
+        return run_check(sources, check_config, files, progress, warm)
 
     return run
 
@@ -492,12 +494,16 @@ def _serve(
     registry = CollectorRegistry(auto_describe=False, support_collectors_without_names=True)
     registry.register(NetpolicyCollector(latest))
     check_config = cfg.check_config()
+    # The event stream notes Docker's changes in flight; the scheduler holds back a verdict read
+    # during one (see ChangeLog). Without events there is nothing to note.
+    changes = ChangeLog() if watch_events else None
     scheduler = CheckScheduler(
         lambda progress: run(check_config, None, progress)[0],
         latest,
         interval=cfg.check_interval,
         timeout=cfg.check_timeout,
         debounce=cfg.check_debounce,
+        changes=changes,
     )
     app = make_app(
         registry, latest=latest, health=scheduler.health, telemetry_path=cfg.telemetry_path
@@ -523,7 +529,10 @@ def _serve(
         )
     watcher = (
         DockerEventWatcher(
-            scheduler.trigger, docker_host=cfg.docker_host, docker_timeout=cfg.docker_timeout
+            scheduler.trigger,
+            changes=changes,
+            docker_host=cfg.docker_host,
+            docker_timeout=cfg.docker_timeout,
         )
         if watch_events
         else None

@@ -29,6 +29,10 @@ DEFAULT_DAEMON_JSON = "/etc/docker/daemon.json"
 DEFAULT_PROCFS = "/proc"
 DEFAULT_LISTEN_ADDRESS = ":9863"
 DEFAULT_CHECK_TIMEOUT = 10.0
+# Seconds from a Docker event to the check it asks for: long enough to fold one `docker run` or
+# `docker rm` (a few events within ~0.1 s) into one check, short enough for an event to show in
+# /metrics within 2 s.
+DEFAULT_CHECK_DEBOUNCE = 0.2
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,7 @@ class ExporterConfig:
     procfs: str = DEFAULT_PROCFS
     check_interval: float = 15.0
     check_timeout: float = DEFAULT_CHECK_TIMEOUT
-    check_debounce: float = 2.0
+    check_debounce: float = DEFAULT_CHECK_DEBOUNCE
     expect_icc: ExpectIcc = "any"
     expect_iptables: ExpectIptables = "any"
     listen_address: ListenAddress = field(

@@ -18,8 +18,9 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 from collections.abc import Collection, Mapping, Sequence
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 # Where the firewall tools live on Debian; a non-root PATH often lacks them.
 SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
@@ -51,6 +52,35 @@ class Source(Protocol[Parsed]):
     def parse(self, files: Mapping[str, str]) -> Parsed:
         """Pure: raw files to model values; SourceError when a needed file is missing/garbled."""
         ...
+
+
+class ParseMemo:
+    """Each source's last raw files and the value parsed from them, to skip parsing a dump that
+    did not change (a steady host prints the same rules every check).
+
+    parse() is pure, so the same raw text gives the same value. Only a successful fetch reaches
+    `parse`, and a value is reused only for byte-identical files: a source that fails, or prints
+    anything else, is never served from here (fail closed). A parse that fails forgets the entry.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: dict[str, tuple[dict[str, str], Any]] = {}
+        self.reused = 0
+        self.parsed = 0
+
+    def parse(self, source: Source[Parsed], files: Mapping[str, str]) -> Parsed:
+        with self._lock:
+            last = self._last.pop(source.name, None)
+        if last is not None and last[0] == files:
+            kept, value = last[0], last[1]
+            self.reused += 1
+        else:
+            kept, value = dict(files), source.parse(files)
+            self.parsed += 1
+        with self._lock:
+            self._last[source.name] = (kept, value)
+        return value  # type: ignore[no-any-return]
 
 
 def require(source: str, files: Mapping[str, str], name: str) -> str:

@@ -7,13 +7,15 @@ fetch() makes only GET requests:
 - GET /containers/json      -> docker-containers.json (running containers only, as `docker ps`)
 - GET /containers/ID/json   -> docker-inspect.json (a JSON array, one reply per listed container)
 
-Inspect replies are cached by container id: a container's name, exposed ports and links are fixed
-for its life, so a steady host costs one list call (+ networks + version) per check. The cache is
-checked against the list reply, which is fetched anew every time: an entry is dropped when its
-container is gone, and refreshed when the container was renamed or when the link names the list
-shows for it ("/PARENT/ALIAS" among a child's Names) no longer match its cached HostConfig.Links
-(a child renamed or removed changes them). A container's addresses are NOT fixed across restarts,
-so parse() takes them from the list reply only, never from the (possibly old) inspect reply.
+Only the fields parse() and the cache read are kept from the list and inspect replies (see "slim
+replies"). Inspect replies are cached by container id: a container's name, exposed ports and
+links are fixed for its life, so a steady host costs one list call (+ networks + version) per
+check. The cache is checked against the list reply, which is fetched anew every time: an entry is
+dropped when its container is gone, and refreshed when the container was renamed or when the link
+names the list shows for it ("/PARENT/ALIAS" among a child's Names) no longer match its cached
+HostConfig.Links (a child renamed or removed changes them). A container's addresses are NOT fixed
+across restarts, so parse() takes them from the list reply only, never from the (possibly old)
+inspect reply.
 
 Replies fail closed: a field parse() or the cache relies on that is missing or of another shape is
 a SourceError naming the call and the field (`docker: GET /containers/json: container 3 has no
@@ -120,7 +122,7 @@ class DockerSource:
         primary_names = {cid: _primary_name(c.get("Names") or []) for cid, c in running.items()}
         list_links = _links_from_list(listed, primary_names)
         inspected: list[dict[str, Any]] = []
-        kept: list[dict[str, Any]] = []
+        kept: list[dict[str, Any]] = []  # slim list entries, see slim_list_entry
         self._inspect_calls = 0
         for entry in listed:
             cid = entry["Id"]
@@ -136,7 +138,7 @@ class DockerSource:
                     continue  # it died between the list and the inspect: see _inspect
                 self._cache[cid] = reply
             inspected.append(reply)
-            kept.append(entry)
+            kept.append(slim_list_entry(entry))
         return {
             VERSION_FILE: _dump(version),
             NETWORKS_FILE: _dump(networks),
@@ -167,7 +169,7 @@ class DockerSource:
                 ) from None
             return None
         check_inspect_reply(reply, cid)
-        return reply  # type: ignore[no-any-return]
+        return slim_inspect_reply(reply)
 
     # -- parse ----------------------------------------------------------------------------------
 
@@ -227,6 +229,50 @@ def _parse_docker(files: Mapping[str, str]) -> DockerState:
         networks=networks,
         containers=containers,
     )
+
+
+# -- slim replies --------------------------------------------------------------------------------
+#
+# A full inspect reply is a few KB (State, Mounts, the whole Config and HostConfig, ...), a list
+# entry holds Status ("Up 3 minutes"), which changes every minute. Only the fields parse() and the
+# cache read are kept: the cache stays small at 1,000 containers, and an unchanged host gives
+# byte-identical files, so their parse is reused (ParseMemo). A kept field keeps its value as
+# the daemon sent it, whatever its shape, so parse() still fails closed on a wrong one; a field
+# the daemon left out stays out.
+
+_LIST_ENDPOINT_FIELDS = ("NetworkID", "IPAddress", "GlobalIPv6Address")
+
+
+def _pick(reply: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {key: reply[key] for key in keys if key in reply}
+
+
+def slim_list_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A GET /containers/json entry (shape already checked) with what parse() reads."""
+    slim = _pick(entry, ("Id", "Names"))
+    if "NetworkSettings" in entry:
+        settings = entry["NetworkSettings"]
+        if isinstance(settings, dict):
+            networks = settings.get("Networks")
+            if isinstance(networks, dict):
+                networks = {
+                    name: _pick(value, _LIST_ENDPOINT_FIELDS) if isinstance(value, dict) else value
+                    for name, value in networks.items()
+                }
+            settings = {"Networks": networks} if "Networks" in settings else {}
+        slim["NetworkSettings"] = settings
+    return slim
+
+
+def slim_inspect_reply(reply: Mapping[str, Any]) -> dict[str, Any]:
+    """A GET /containers/ID/json reply (shape already checked) with what parse() and the cache
+    read: Id, Name, Config.ExposedPorts, HostConfig.Links."""
+    slim = _pick(reply, ("Id", "Name"))
+    for section, key in (("Config", "ExposedPorts"), ("HostConfig", "Links")):
+        if section in reply:
+            value = reply[section]
+            slim[section] = _pick(value, (key,)) if isinstance(value, dict) else value
+    return slim
 
 
 # -- reply shapes -------------------------------------------------------------------------------

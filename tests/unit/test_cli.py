@@ -120,7 +120,7 @@ def test_defaults():
     cfg, args = parse([])
     assert args.command is None
     assert cfg.docker_host == "unix:///var/run/docker.sock"
-    assert (cfg.check_interval, cfg.check_timeout, cfg.check_debounce) == (15.0, 10.0, 2.0)
+    assert (cfg.check_interval, cfg.check_timeout, cfg.check_debounce) == (15.0, 10.0, 0.2)
     assert cfg.docker_timeout == 5.0
     assert cfg.listen_address == ListenAddress("", 9863)
     assert cfg.telemetry_path == "/metrics"

@@ -103,7 +103,7 @@ def test_help_documents_the_ranges(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "time between periodic checks, 1s..24h (default: 15s)" in text
     assert "deadline of one check, 100ms..1h (default: 10s)" in text
-    assert "delay of a check triggered by Docker events, 0s..1h (default: 2s)" in text
+    assert "delay of a check triggered by Docker events, 0s..1h (default: 200ms)" in text
     assert "timeout of one Docker API call, 100ms..10m (default: 5s)" in text
 
 

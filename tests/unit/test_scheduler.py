@@ -5,15 +5,29 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
-from exporter.check import CheckProgress, run_check
-from exporter.config import CheckConfig
+from exporter.check import CheckProgress, WarmCheck, run_check
+from exporter.config import CheckConfig, ExporterConfig
 from exporter.latest import Latest
 from exporter.report import Report, SourceStatus
-from exporter.scheduler import CheckScheduler, DockerEventWatcher, event_reason, run_with_deadline
-from exporter.sources import SOURCE_NAMES, Sources
+from exporter.scheduler import (
+    HOLD_LIMIT,
+    RELEASE_GRACE,
+    STEP_HOLD_LIMIT,
+    ChangeLog,
+    CheckPlan,
+    CheckScheduler,
+    DockerEventWatcher,
+    EventFilter,
+    event_reason,
+    run_with_deadline,
+)
+from exporter.sources import SOURCE_NAMES, Sources, build_sources
+from exporter.sources.base import ParseMemo, SourceError
+from exporter.sources.snapshot import read_snapshot
 
 
 def ok_report() -> Report:
@@ -243,6 +257,178 @@ def test_event_during_a_check_schedules_one_more():
         scheduler.shutdown()
 
 
+def test_plan_first_check_at_once_then_every_interval():
+    plan = CheckPlan(interval=15, debounce=0.2, next_periodic=100.0)
+    assert plan.due() == 100.0
+    plan.begin(100.0)
+    assert plan.due() == 115.0
+
+
+def test_plan_a_burst_of_events_makes_one_check_debounce_after_the_first():
+    plan = CheckPlan(interval=15, debounce=0.2)
+    plan.begin(100.0)
+    for now in (101.0, 101.05, 101.1, 101.15):
+        plan.request(now)
+    assert plan.due() == pytest.approx(101.2)  # a later event does not push the check back
+    plan.begin(101.2)
+    assert plan.due() == pytest.approx(116.2)  # served: the next one is periodic
+
+
+def test_plan_events_during_a_check_make_one_pending_check_not_a_queue():
+    plan = CheckPlan(interval=15, debounce=0.2)
+    plan.begin(100.0)  # a check runs from 100 to 103
+    for now in (100.5, 101.0, 102.0, 102.9):
+        plan.request(now)
+    # When it ends the pending check is overdue, so it starts at once, and it alone serves all.
+    assert plan.due() == pytest.approx(100.7)
+    plan.begin(103.0)
+    assert plan.requested is None and plan.due() == 118.0
+
+
+def test_plan_event_just_before_a_periodic_check_is_served_by_it():
+    plan = CheckPlan(interval=15, debounce=0.2)
+    plan.begin(100.0)
+    plan.request(114.9)
+    assert plan.due() == 115.0  # the periodic check comes first and reads the world after it
+    plan.begin(115.0)
+    assert plan.requested is None
+
+
+def test_many_events_during_a_check_give_exactly_one_more_that_starts_after_them():
+    gate = threading.Event()
+    starts: list[float] = []
+    events_done: list[float] = []
+
+    def check(progress: CheckProgress) -> Report:
+        starts.append(time.monotonic())
+        if len(starts) == 1:
+            gate.wait(5)
+        return ok_report()
+
+    latest = Latest()
+    scheduler = CheckScheduler(check, latest, interval=60, timeout=5.0, debounce=0.0)
+    scheduler.start()
+    try:
+        assert wait_for(lambda: len(starts) == 1)
+        for _ in range(50):
+            scheduler.trigger("container start")
+        events_done.append(time.monotonic())
+        gate.set()
+        assert wait_for(lambda: latest.snapshot().checks_total == 2)
+        time.sleep(0.1)  # nothing else is due: no third check may come
+        assert len(starts) == 2
+        assert starts[1] >= events_done[0]  # the pending check read the world after the events
+    finally:
+        gate.set()
+        scheduler.shutdown()
+
+
+def test_a_verdict_read_while_docker_changed_is_replaced_by_a_new_check():
+    now = [100.0]
+    changes = ChangeLog()
+    reports: list[Report] = []
+
+    def check(progress: CheckProgress) -> Report:
+        if len(reports) == 1:
+            changes.event(now[0])  # an event arrives while the second check reads
+        reports.append(ok_report())
+        return reports[-1]
+
+    latest = Latest()
+    scheduler = CheckScheduler(
+        check, latest, interval=60, debounce=0.2, monotonic=lambda: now[0], changes=changes
+    )
+    scheduler.run_check()
+    assert latest.report is reports[0]  # the first is always published
+    now[0] += 0.5
+    scheduler.run_check()
+    assert latest.report is reports[0]  # held back ...
+    assert scheduler._plan.requested == pytest.approx(100.7)  # ... and a new check asked for
+    now[0] += 0.2
+    scheduler.run_check()
+    assert latest.report is reports[2] and latest.snapshot().checks_total == 2
+
+
+def test_a_verdict_read_between_two_steps_is_held_back_longer():
+    now = [100.0]
+    changes = ChangeLog()
+    latest = Latest()
+    scheduler = CheckScheduler(
+        lambda progress: ok_report(), latest, interval=60, monotonic=lambda: now[0], changes=changes
+    )
+    scheduler.run_check()
+    changes.begin_step("c1", "created", now[0])  # created, its rules are there, not started
+    published = []
+    for _ in range(12):
+        now[0] += 0.5
+        scheduler.run_check()
+        published.append(latest.snapshot().checks_total)
+    # Held back until STEP_HOLD_LIMIT; then the step, as old, no longer counts (it may never end).
+    assert STEP_HOLD_LIMIT == 5.0
+    assert published == [1] * 9 + [2, 3, 4]
+
+
+def test_a_verdict_read_while_a_step_ended_is_held_back():
+    now = [100.0]
+    changes = ChangeLog()
+    latest = Latest()
+
+    def check(progress: CheckProgress) -> Report:
+        if latest.snapshot().checks_total == 1:
+            changes.end_step("c1", now[0])  # the container starts while the check reads
+        return ok_report()
+
+    scheduler = CheckScheduler(
+        check, latest, interval=60, monotonic=lambda: now[0], changes=changes
+    )
+    scheduler.run_check()
+    changes.begin_step("c1", "created", now[0])
+    now[0] += 2.0  # past HOLD_LIMIT, within STEP_HOLD_LIMIT
+    scheduler.run_check()
+    assert latest.snapshot().checks_total == 1
+    now[0] += 0.2
+    scheduler.run_check()  # began after the step ended: settled
+    assert latest.snapshot().checks_total == 2
+
+
+def test_endless_churn_still_publishes_every_hold_limit():
+    now = [100.0]
+    changes = ChangeLog()
+
+    def check(progress: CheckProgress) -> Report:
+        changes.event(now[0])  # every check reads while something changes
+        return ok_report()
+
+    latest = Latest()
+    scheduler = CheckScheduler(
+        check, latest, interval=60, monotonic=lambda: now[0], changes=changes
+    )
+    published = []
+    for _ in range(20):
+        scheduler.run_check()
+        published.append(latest.snapshot().checks_total)
+        now[0] += 0.25
+    # One publish per HOLD_LIMIT (1 s) of checks 0.25 s apart: never frozen, never every check.
+    assert published[-1] == pytest.approx(20 * 0.25 / HOLD_LIMIT, abs=1)
+
+
+def test_a_failed_check_is_never_held_back():
+    now = [100.0]
+    changes = ChangeLog()
+    latest = Latest()
+
+    def check(progress: CheckProgress) -> Report:
+        changes.event(now[0])
+        return replace(ok_report(), up=False, evaluated=False, errors=("docker: down",))
+
+    scheduler = CheckScheduler(
+        check, latest, interval=60, monotonic=lambda: now[0], changes=changes
+    )
+    scheduler.run_check()
+    scheduler.run_check()
+    assert latest.snapshot().checks_total == 2
+
+
 def test_health():
     now = [1000.0]
     scheduler = CheckScheduler(
@@ -268,6 +454,96 @@ def test_event_reason_filter():
     assert event_reason({"Type": "network", "Action": "disconnect"}) == "network disconnect"
     assert event_reason({"Type": "container", "Action": "exec_start: sh"}) is None
     assert event_reason({"Type": "image", "Action": "pull"}) is None
+
+
+def container_event(action: str, cid: str) -> dict:
+    return {"Type": "container", "Action": action, "Actor": {"ID": cid, "Attributes": {}}}
+
+
+def connect_event(cid: str) -> dict:
+    return {
+        "Type": "network",
+        "Action": "connect",
+        "Actor": {"ID": "net1", "Attributes": {"container": cid, "name": "bridge"}},
+    }
+
+
+def test_event_filter_waits_for_start_not_the_connect_before_it():
+    events = EventFilter()
+    reasons = [
+        events.reason(event)
+        for event in (
+            container_event("create", "c1"),
+            connect_event("c1"),  # docker run: connected before it runs
+            container_event("start", "c1"),
+            connect_event("c1"),  # docker network connect of the running container
+            connect_event("c2"),  # created before the stream: connect counts
+            container_event("die", "c1"),
+            container_event("rename", "c1"),
+            container_event("destroy", "c1"),
+            {"Type": "network", "Action": "destroy", "Actor": {"ID": "net1"}},
+            {"Type": "container", "Action": "exec_start: sh", "Actor": {"ID": "c1"}},
+        )
+    ]
+    assert reasons == [
+        None,
+        None,
+        "container start",
+        "network connect",
+        "network connect",
+        "container die",
+        "container rename",
+        "container destroy",
+        "network destroy",
+        None,
+    ]
+    assert not events.changes.in_step("c1", "created")
+
+
+def test_event_filter_forgets_a_created_container_destroyed_unstarted():
+    events = EventFilter()
+    events.reason(container_event("create", "c1"))
+    events.reason(container_event("destroy", "c1"))
+    assert not events.changes.in_step("c1", "created")
+    assert events.reason({"Type": "container", "Actor": "garbage"}) is None
+
+
+def disconnect_event(cid: str) -> dict:
+    return {**connect_event(cid), "Action": "disconnect"}
+
+
+def settled(changes: ChangeLog, began: float, now: float) -> bool:
+    return changes.quiet_since(began) and changes.no_step_since(began, now)
+
+
+def test_event_filter_notes_dockers_steps_in_flight():
+    """Between create and start, and between die and the network's release, a check would read
+    half a change."""
+    now = [100.0]
+    changes = ChangeLog(max_age=5)
+    events = EventFilter(changes, monotonic=lambda: now[0])
+    events.reason(container_event("create", "c1"))
+    events.reason(connect_event("c1"))
+    now[0] = 101.0
+    assert not settled(changes, 100.5, now[0])  # c1 created, not started
+    events.reason(container_event("start", "c1"))
+    now[0] = 102.0
+    assert settled(changes, 101.5, now[0])
+    assert not settled(changes, 101.0, now[0])  # the start came while that check read
+    events.reason(container_event("die", "c1"))
+    now[0] = 103.0
+    assert not settled(changes, 102.5, now[0])  # died, its network not yet released
+    events.reason(disconnect_event("c1"))  # at 103: still listed for a moment after it
+    now[0] = 104.0
+    assert not settled(changes, 103.0 + RELEASE_GRACE - 0.01, now[0])
+    assert settled(changes, 103.0 + RELEASE_GRACE + 0.01, now[0])
+
+
+def test_a_step_that_never_ends_stops_counting_after_max_age():
+    changes = ChangeLog(max_age=5)
+    changes.begin_step("c1", "created", 100.0)  # docker create, never started
+    assert not changes.no_step_since(102.0, 104.9)
+    assert changes.no_step_since(102.0, 105.0)
 
 
 class FakeClient:
@@ -372,3 +648,115 @@ def test_cancel_ends_the_wait_with_a_failed_report(release):
     assert time.monotonic() - began < 0.5
     assert abandoned is not None and abandoned.is_alive()
     assert report.errors == ("check cancelled: the exporter is stopping",)
+
+
+# -- warm checks: unchanged raw input is not parsed again, unchanged inputs not decided again ----
+
+SNAPSHOT = Path(__file__).resolve().parent.parent / "fixtures/sources/lab-nft-drift"
+
+
+class Replay:
+    """A real source whose fetch prints a recorded snapshot (or fails), counting its parses."""
+
+    def __init__(self, source, files: dict[str, str]) -> None:
+        self.name = source.name
+        self._source = source
+        self.files = files
+        self.fail: str | None = None
+        self.parses = 0
+
+    def fetch(self) -> dict[str, str]:
+        if self.fail:
+            raise SourceError(self.fail)
+        return dict(self.files)  # a fresh dict each time, as a real fetch makes
+
+    def parse(self, files):
+        self.parses += 1
+        return self._source.parse(files)
+
+
+@pytest.fixture
+def replayed() -> Sources:
+    files = read_snapshot(SNAPSHOT)
+    return Sources(*(Replay(source, files) for source in build_sources(ExporterConfig())))
+
+
+def test_unchanged_dumps_are_parsed_once_and_decided_once(replayed):
+    warm = WarmCheck()
+    first, _ = run_check(replayed, CheckConfig(), None, None, warm)
+    second, _ = run_check(replayed, CheckConfig(), None, None, warm)
+    assert first.evaluated and first.up and first.findings
+    assert [source.parses for source in replayed] == [1] * len(SOURCE_NAMES)
+    assert warm.decisions_reused == 1
+    assert second.started >= first.started
+    assert (second.findings, second.flow_counts, second.networks) == (
+        first.findings,
+        first.flow_counts,
+        first.networks,
+    )
+    cold, _ = run_check(replayed, CheckConfig(), None, None)  # no WarmCheck: parsed again
+    assert cold.findings == first.findings and replayed.docker.parses == 2
+
+
+def test_a_changed_dump_is_parsed_and_decided_anew(replayed):
+    warm = WarmCheck()
+    run_check(replayed, CheckConfig(), None, None, warm)
+    replayed.iptables.files = {**replayed.iptables.files, "iptables-save.txt": "garbage\n"}
+    changed, _ = run_check(replayed, CheckConfig(), None, None, warm)
+    assert replayed.iptables.parses == 2 and replayed.docker.parses == 1
+    assert warm.decisions_reused == 0
+    assert not changed.evaluated  # the garbled dump is read as such, not as the last good one
+
+
+def test_a_failing_source_is_never_served_from_the_last_read(replayed):
+    warm = WarmCheck()
+    good, _ = run_check(replayed, CheckConfig(), None, None, warm)
+    replayed.ip6tables.fail = "ip6tables: ip6tables-nft-save timed out after 1s"
+    failed, _ = run_check(replayed, CheckConfig(), None, None, warm)
+    assert warm.decisions_reused == 0
+    assert not failed.up
+    assert [(s.name, s.up) for s in failed.sources if not s.up] == [("ip6tables", False)]
+    assert failed.errors == ("ip6tables: ip6tables-nft-save timed out after 1s",)
+    replayed.ip6tables.fail = None
+    recovered, _ = run_check(replayed, CheckConfig(), None, None, warm)
+    assert recovered.up and recovered.findings == good.findings
+    assert warm.decisions_reused == 0  # decided anew after the failure
+
+
+def test_a_source_failing_twice_reports_its_newest_error(replayed):
+    warm = WarmCheck()
+    replayed.ipset.fail = "ipset: ipset save timed out after 1s"
+    run_check(replayed, CheckConfig(), None, None, warm)
+    replayed.ipset.fail = "ipset: ipset save failed (exit 1): Kernel error"
+    second, _ = run_check(replayed, CheckConfig(), None, None, warm)
+    assert warm.decisions_reused == 0
+    assert second.errors == ("ipset: ipset save failed (exit 1): Kernel error",)
+    assert not second.up
+
+
+def test_another_config_is_decided_anew(replayed):
+    warm = WarmCheck()
+    run_check(replayed, CheckConfig(), None, None, warm)
+    run_check(replayed, replace(CheckConfig(), all_flows=True), None, None, warm)
+    assert warm.decisions_reused == 0
+
+
+def test_a_parse_that_fails_is_not_remembered():
+    class Flaky(Fixed):
+        def __init__(self) -> None:
+            super().__init__("docker")
+            self.calls = 0
+
+        def parse(self, files):
+            self.calls += 1
+            if self.calls == 1:
+                raise SourceError("docker: docker-inspect.json is not valid JSON")
+            return "state"
+
+    memo = ParseMemo()
+    source = Flaky()
+    with pytest.raises(SourceError):
+        memo.parse(source, {"a": "1"})
+    assert memo.parse(source, {"a": "1"}) == "state"
+    assert memo.parse(source, {"a": "1"}) == "state"
+    assert source.calls == 2 and (memo.parsed, memo.reused) == (1, 1)

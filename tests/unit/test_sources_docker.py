@@ -548,3 +548,82 @@ def test_docker_host_is_honoured_when_no_url_is_given(monkeypatch, tmp_path):
     source = DockerSource(None, 1.0)
     with pytest.raises(SourceError, match=f"cannot reach unix://{sock}: no such socket"):
         source.fetch()
+
+
+# -- slim replies: only what parse() and the cache read is kept ---------------------------------
+
+
+def test_cache_and_files_keep_only_the_fields_parse_reads():
+    client = FakeClient()
+    source = DockerSource(None, 1.0, client=client)
+    files = source.fetch()
+    for reply in json.loads(files[INSPECT_FILE]):
+        assert set(reply) <= {"Id", "Name", "Config", "HostConfig"}
+        assert set(reply.get("Config") or {}) <= {"ExposedPorts"}
+        assert set(reply.get("HostConfig") or {}) <= {"Links"}
+    for entry in json.loads(files[CONTAINERS_FILE]):
+        assert set(entry) <= {"Id", "Names", "NetworkSettings"}
+        for endpoint in entry["NetworkSettings"]["Networks"].values():
+            assert set(endpoint) <= {"NetworkID", "IPAddress", "GlobalIPv6Address"}
+    full = sum(len(json.dumps(reply)) for reply in client.inspects.values())
+    assert len(files[INSPECT_FILE]) < full / 3  # the point: a small cache at 1,000 containers
+
+
+def test_unchanged_host_gives_identical_files_while_status_texts_age():
+    client = FakeClient()
+    source = DockerSource(None, 1.0, client=client)
+    before = source.fetch()
+    for entry in client.listed:
+        entry["Status"] = "Up 2 hours"
+    for reply in client.inspects.values():
+        reply["State"]["StartedAt"] = "2030-01-01T00:00:00Z"
+    assert source.fetch() == before  # so its parse is reused (ParseMemo)
+
+
+FETCHED_PATHS = [
+    (name, path)
+    for name in (CONTAINERS_FILE, INSPECT_FILE)
+    for path in json_paths(json.loads((MIXED / name).read_text()))
+    if len(path) >= 2  # inside one entry: the fetch checks the reply's own type first
+]
+
+
+def fetch_and_parse(client: FakeClient):
+    try:
+        source = DockerSource(None, 1.0, client=client)
+        return source.parse(source.fetch())
+    except SourceError:
+        return "error"
+
+
+def full_parse(client: FakeClient):
+    files = {
+        VERSION_FILE: json.dumps(client.version_reply),
+        NETWORKS_FILE: json.dumps(client.networks_reply),
+        CONTAINERS_FILE: json.dumps(client.listed),
+        INSPECT_FILE: json.dumps(list(client.inspects.values())),
+    }
+    try:
+        return parse(files)
+    except SourceError:
+        return "error"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(FETCHED_PATHS), JSON_VALUES)
+def test_slim_replies_decide_as_the_full_ones(where, value):
+    """Slimming never turns a reply parse() refuses into one it takes, nor changes a state."""
+    name, path = where
+    client = FakeClient()
+    document = client.listed if name == CONTAINERS_FILE else list(client.inspects.values())
+    parent = document
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = value
+    if name == INSPECT_FILE:
+        # The inspect reply is looked up by the listed id: keep its key when its Id was changed.
+        ids = [entry["Id"] for entry in client.listed]
+        client.inspects = dict(zip(ids, document, strict=True))
+    slim = fetch_and_parse(client)
+    full = full_parse(client)
+    assert slim == full
