@@ -50,7 +50,7 @@ EXPOSE 9863
 # The image has no curl: the venv's Python asks /healthz (200 while checks keep running).
 # Override HEALTHCHECK_URL when serving on another address.
 ENV HEALTHCHECK_URL=http://127.0.0.1:9863/healthz
-HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["/opt/exporter/bin/python", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ['HEALTHCHECK_URL'], timeout=4)"]
 ENTRYPOINT ["/opt/exporter/bin/docker-netpolicy-exporter"]
 CMD ["serve"]
