@@ -131,16 +131,11 @@ def test_serve_shows_a_breach_injected_in_the_lab_namespace(lab: DockerLab, serv
         lab.iptables("-D", *BREACH)
     assert sample(metrics, "docker_netpolicy_up") == 1.0
     assert sample(metrics, "docker_netpolicy_drift_detected") == 1.0
-    wait_until(lambda: clean(scrape(lab)), "no drift once the breach is gone", timeout=60)
 
 
 def breached(metrics: str) -> str:
     value = sample(metrics, "docker_netpolicy_isolation_breaches", network="bridge")
     return metrics if value is not None and value > 0 else ""
-
-
-def clean(metrics: str) -> str:
-    return metrics if sample(metrics, "docker_netpolicy_drift_detected") == 0.0 else ""
 
 
 def test_healthcheck_turns_healthy(lab: DockerLab, served: str) -> None:
