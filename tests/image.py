@@ -6,7 +6,7 @@ Only the real image, run by a real dockerd, can keep them.
 
 How (the recipe, measured on Debian 12; docs/lab.md has the details):
 
-- the base: `debootstrap --variant=minbase --include=python3,python3-venv bookworm`, trimmed the
+- the base: `debootstrap --variant=minbase --include=python3 bookworm`, trimmed the
   way debian:bookworm-slim is (no apt lists, caches, docs, man pages or locales), then
   `docker import` as BASE_IMAGE (the Dockerfile's build argument);
 - the builder: a dockerd in the host's network namespace that cannot touch the host firewall
@@ -153,7 +153,7 @@ def import_base(daemon: BuildDaemon) -> None:
         [
             "debootstrap",
             "--variant=minbase",
-            "--include=python3,python3-venv",
+            "--include=python3",  # python3-venv (and its pip wheel) only in the build stage
             "bookworm",
             str(root),
             DEBIAN_MIRROR,
