@@ -364,7 +364,7 @@ def images_or_skip(request: Any, tmp_path_factory: Any) -> BuiltImages:
         pytest.skip("needs root: builds images with a private dockerd and runs a lab daemon")
     built = session_images(request.config, tmp_path_factory.getbasetemp())
     timings = request.getfixturevalue("lab_timing_log")
-    line = f"images built: {built.timings}"
+    line = f"images built (exporter {built.size_bytes / 1e6:.0f} MB): {built.timings}"
     if line not in timings:
         timings.append(line)
     return built
