@@ -20,7 +20,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 PACKAGES=(
-    docker.io iptables ipset ebtables nftables busybox-static iproute2 procps kmod
+    docker.io iptables ipset ebtables nftables busybox-static iproute2 procps kmod debootstrap
     ca-certificates make prometheus prometheus-alertmanager docker-compose openssl systemd strace util-linux
 )
 
