@@ -272,18 +272,46 @@ def _rule_findings(
     return rule_findings(expectations, firewall)
 
 
+NEEDED_FOR_A_VERDICT = ("docker and iptables are needed for a verdict",)
+
+
+def foreign_namespace_error(inputs: CheckInputs) -> str | None:
+    """Why the firewall read is not the one Docker's bridges pass through, or None.
+
+    Each network namespace has its own firewall. An exporter outside dockerd's namespace (a
+    container started without --network host) reads an empty one and would call every denied
+    flow a breach; Docker's bridge interfaces, present in dockerd's namespace, tell the two apart.
+    """
+    settings, docker = inputs.settings, inputs.docker
+    if settings is None or settings.interfaces is None or docker is None:
+        return None
+    bridges = sorted({n.bridge for n in docker.networks})
+    if not bridges or any(b in settings.interfaces for b in bridges):
+        return None
+    return (
+        f"settings: none of Docker's bridges ({', '.join(bridges)}) is in the exporter's network "
+        "namespace, so its firewall is not the one that decides: run the exporter in dockerd's "
+        "network namespace (docker run --network host)"
+    )
+
+
 def build_report(inputs: CheckInputs, config: CheckConfig, started: float, began: float) -> Report:
     """Decide from what the sources gave. Pure, apart from reading the clock for the duration."""
     inputs = check_dumps_against_nft(inputs)
     statuses = inputs.statuses
     errors = tuple(s.error for s in statuses if s.error)
     docker, ipv4, ipv6 = inputs.docker, inputs.iptables, inputs.ip6tables
-    if docker is None or ipv4 is None:
+    foreign = foreign_namespace_error(inputs)
+    if docker is None or ipv4 is None or foreign:
+        if foreign:
+            statuses = tuple(
+                replace(s, up=False, error=foreign) if s.name == "settings" else s for s in statuses
+            )
         return Report(
             started=started,
             duration_seconds=time.monotonic() - began,
             sources=statuses,
-            errors=errors or ("docker and iptables are needed for a verdict",),
+            errors=(*errors, foreign) if foreign else errors or NEEDED_FOR_A_VERDICT,
         )
     firewall = FirewallState(
         primary_backend=ipv4.primary,

@@ -104,3 +104,6 @@ class HostSettings:
     bridge_nf_call_iptables: int | None = None
     bridge_nf_call_ip6tables: int | None = None
     ip_forward: int | None = None
+    # Network interfaces in the exporter's network namespace (/proc/net/dev); None when not read
+    # (snapshots taken before it was recorded).
+    interfaces: frozenset[str] | None = None

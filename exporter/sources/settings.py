@@ -35,6 +35,8 @@ from exporter.sources.base import SourceError, parse_go_bool, require
 CMDLINE_FILE = "dockerd-cmdline.txt"
 DAEMON_JSON_FILE = "daemon.json"
 SYSCTL_FILE = "sysctl.txt"
+# /proc/net/dev as the kernel prints it: which interfaces this network namespace holds.
+NET_DEV_FILE = "proc-net-dev.txt"
 
 # sysctl.txt key -> path under /proc/sys.
 SYSCTLS = {
@@ -73,6 +75,9 @@ class SettingsSource:
         if config is not None:
             files[DAEMON_JSON_FILE] = config
         files[SYSCTL_FILE] = self._read_sysctls()
+        net_dev = _read_text(os.path.join(self.procfs, "net", "dev"))
+        if net_dev is not None:
+            files[NET_DEV_FILE] = net_dev
         return files
 
     def _find_dockerd(self) -> tuple[str | None, list[str] | None]:
@@ -170,7 +175,22 @@ def parse_settings(files: Mapping[str, str]) -> HostSettings:
         bridge_nf_call_iptables=sysctls.get("bridge-nf-call-iptables"),
         bridge_nf_call_ip6tables=sysctls.get("bridge-nf-call-ip6tables"),
         ip_forward=sysctls.get("net.ipv4.ip_forward"),
+        interfaces=parse_net_dev(files[NET_DEV_FILE]) if NET_DEV_FILE in files else None,
     )
+
+
+def parse_net_dev(text: str) -> frozenset[str]:
+    """Interface names from /proc/net/dev: two header lines, then `NAME: counters` per line."""
+    lines = text.splitlines()
+    if len(lines) < 2 or not lines[0].startswith("Inter-"):
+        raise SourceError(f"settings: {NET_DEV_FILE} does not start with /proc/net/dev's header")
+    names = set()
+    for number, line in enumerate(lines[2:], 3):
+        name, sep, counters = line.partition(":")
+        if not sep or not name.strip() or len(counters.split()) != 16:
+            raise SourceError(f"settings: {NET_DEV_FILE} line {number} is cut short: {line!r}")
+        names.add(name.strip())
+    return frozenset(names)
 
 
 def parse_sysctls(text: str) -> dict[str, int | None]:

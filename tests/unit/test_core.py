@@ -211,6 +211,25 @@ def test_unknown_sysctl_means_unknown_verdicts_not_clean():
     assert set(verdicts(report).values()) == {"unknown"}
 
 
+def test_a_firewall_read_outside_dockerds_namespace_is_no_verdict():
+    # An exporter container without --network host sees its own empty firewall: every denied
+    # flow would pass there. Docker's bridge missing from its interfaces says so.
+    empty = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+    outside = replace(L.SETTINGS, interfaces=frozenset({"lo", "eth0"}))
+    report = decide(STATE, empty, settings=outside, config=ALL)
+    assert not report.up and not report.evaluated
+    assert not report.flows and not report.findings
+    settings = next(s for s in report.sources if s.name == "settings")
+    assert not settings.up and "--network host" in (settings.error or "")
+
+
+def test_the_namespace_holding_a_docker_bridge_is_dockerds():
+    inside = replace(L.SETTINGS, interfaces=frozenset({"lo", "eth0", "docker0"}))
+    report = decide(STATE, D28, settings=inside, config=ALL)
+    assert report.up and report.evaluated
+    assert report.flows
+
+
 def test_stale_rule_for_a_container_that_is_gone():
     rule = (
         "-s 172.17.0.3/32 -d 172.17.0.9/32 -i docker0 -o docker0 -p tcp -m tcp --dport 80 -j ACCEPT"

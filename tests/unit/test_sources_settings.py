@@ -12,9 +12,11 @@ from exporter.sources.base import SourceError
 from exporter.sources.settings import (
     CMDLINE_FILE,
     DAEMON_JSON_FILE,
+    NET_DEV_FILE,
     SYSCTL_FILE,
     SettingsSource,
     parse_dockerd_flags,
+    parse_net_dev,
     parse_settings,
     parse_sysctls,
 )
@@ -318,3 +320,34 @@ def test_explicit_daemon_config_is_read(tmp_path):
 def test_unlistable_procfs_is_a_source_error(tmp_path):
     with pytest.raises(SourceError, match="settings: cannot list"):
         SettingsSource(procfs=str(tmp_path / "nope")).fetch()
+
+
+NET_DEV = (
+    "Inter-|   Receive                                                |  Transmit\n"
+    " face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop "
+    "fifo colls carrier compressed\n"
+    "    lo:    1200      12    0    0    0     0          0         0     1200      12    0    0"
+    "    0     0       0          0\n"
+    "docker0:       0       0    0    0    0     0          0         0        0       0    0    0"
+    "    0     0       0          0\n"
+)
+
+
+def test_interfaces_come_from_proc_net_dev(tmp_path):
+    proc = make_proc(tmp_path, {100: (argv("--icc=false"), "net:[1]")})
+    (proc / "net").mkdir(exist_ok=True)
+    (proc / "net" / "dev").write_text(NET_DEV)
+    source = SettingsSource(procfs=str(proc), daemon_config=nothing(tmp_path))
+    files = source.fetch()
+    assert files[NET_DEV_FILE] == NET_DEV
+    assert source.parse(files).interfaces == {"lo", "docker0"}
+
+
+def test_a_snapshot_without_net_dev_leaves_interfaces_unknown():
+    assert parse_settings({SYSCTL_FILE: ON}).interfaces is None
+
+
+@pytest.mark.parametrize("cut", [1, len(NET_DEV) // 2, len(NET_DEV) - 20])
+def test_a_cut_short_net_dev_is_a_source_error(cut):
+    with pytest.raises(SourceError, match=NET_DEV_FILE):
+        parse_net_dev(NET_DEV[:cut])
