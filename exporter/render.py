@@ -36,7 +36,11 @@ def format_utc(timestamp: float) -> str:
 
 
 def report_to_json(report: Report) -> dict[str, Any]:
-    return {"drift": report.drift, **dataclasses.asdict(report)}
+    data = {"drift": report.drift, **dataclasses.asdict(report)}
+    if data["settings"] is not None:
+        # Read only to tell dockerd's network namespace from another; one veth per container.
+        del data["settings"]["interfaces"]
+    return data
 
 
 def format_json(report: Report) -> str:

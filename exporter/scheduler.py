@@ -1,7 +1,8 @@
 """Run the check on a schedule and on Docker events, each under a deadline; publish every result.
 
-- `CheckScheduler`: one thread runs the check when `CheckPlan` says: every `interval` seconds
-  (the first at once) and `debounce` seconds after a Docker event. Each run calls
+- `CheckScheduler`: an APScheduler job, on a one-thread executor, runs the check when `CheckPlan`
+  says: every `interval` seconds (the first at once) and `debounce` seconds after a Docker event;
+  after each run and on each event the job's next run time is set from the plan. Each run calls
   `check_fn(progress)` in a daemon worker
   thread and waits at most `timeout` seconds for it (`run_with_deadline`); the check writes into
   that fresh `CheckProgress` the source it is reading. A check that misses its deadline is
@@ -39,9 +40,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import docker
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
 
 from exporter.check import CheckProgress
 from exporter.config import DEFAULT_CHECK_DEBOUNCE
@@ -200,8 +204,16 @@ class CheckPlan:
         self.next_periodic = now + self.interval
 
 
+JOB_ID = "netpolicy-check"
+
+
 class CheckScheduler:
-    """One thread that runs `check_fn` when `CheckPlan` says, each run under a deadline."""
+    """Runs `check_fn` when `CheckPlan` says, each run under a deadline, as an APScheduler job.
+
+    One executor thread runs the job, so checks never overlap; `max_instances=2` lets APScheduler
+    hold the one pending run a reschedule asks for while the current run returns (with 1 it would
+    drop it as "maximum number of running instances reached", and an event with it).
+    """
 
     def __init__(
         self,
@@ -224,46 +236,77 @@ class CheckScheduler:
         self._clock = clock
         self._monotonic = monotonic
         self._plan = CheckPlan(interval, debounce, next_periodic=monotonic())
-        # Guards the plan and the abandoned thread; trigger() notifies the loop through it.
-        self._wake = threading.Condition()
+        # Guards the plan, `_running` and the abandoned thread.
+        self._lock = threading.Lock()
+        self._running = False
         self._abandoned: threading.Thread | None = None
         self._abandoned_since: float | None = None
         self._last_started: float | None = None
         self._started_at: float | None = None
         self._last_published: float | None = None  # monotonic
-        # Set by shutdown(): the loop ends and a running check's result is not published.
+        # Set by shutdown(): no new run starts and a running check's result is not published.
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="netpolicy-scheduler", daemon=True)
+        self._scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(1)}, timezone=UTC, daemon=True
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
         self._started_at = self._clock()
-        self._thread.start()
+        self._scheduler.add_job(
+            self._run_planned,
+            "interval",
+            seconds=self.interval,
+            id=JOB_ID,
+            name="check",
+            max_instances=2,
+            coalesce=True,
+            misfire_grace_time=None,
+            next_run_time=datetime.now(UTC),
+        )
+        self._scheduler.start()
 
     def shutdown(self) -> None:
         """Stop at once: a running check is abandoned, not waited for (a hung Docker socket must
         not hold SIGTERM up for a whole check timeout)."""
         self._stopping.set()
-        with self._wake:
-            self._wake.notify_all()
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
 
     def alive(self) -> bool:
-        return self._thread.is_alive() and not self._stopping.is_set()
+        thread = getattr(self._scheduler, "_thread", None)
+        running = bool(self._scheduler.running) and (thread is None or thread.is_alive())
+        return running and not self._stopping.is_set()
 
     @property
     def last_started(self) -> float | None:
         return self._last_started
 
-    def _loop(self) -> None:
-        while not self._stopping.is_set():
-            with self._wake:
-                delay = self._plan.due() - self._monotonic()
-                if delay > 0:
-                    self._wake.wait(delay)
-                    continue  # woken by trigger() or shutdown(), or due: look again
-                self._plan.begin(self._monotonic())
+    def _run_planned(self) -> None:
+        """The job: one check that serves every request made before it, then the next run."""
+        with self._lock:
+            self._plan.begin(self._monotonic())
+            self._running = True
+        try:
             self.run_check()
+        finally:
+            with self._lock:
+                self._running = False
+            self._reschedule()
+
+    def _reschedule(self) -> None:
+        """Set the job's next run to when the plan says the next check is due."""
+        if self._stopping.is_set():
+            return
+        with self._lock:
+            delay = max(0.0, self._plan.due() - self._monotonic())
+        try:
+            self._scheduler.modify_job(
+                JOB_ID, next_run_time=datetime.now(UTC) + timedelta(seconds=delay)
+            )
+        except Exception as exc:  # noqa: BLE001 - the scheduler may be shutting down
+            log.debug("could not reschedule the check", extra={"err": str(exc)})
 
     # -- one check ---------------------------------------------------------------------------
 
@@ -271,7 +314,7 @@ class CheckScheduler:
         """One run: start a check unless an abandoned one still runs; publish its report."""
         if self._stopping.is_set():
             return
-        with self._wake:
+        with self._lock:
             abandoned = self._abandoned
             if abandoned is not None and abandoned.is_alive():
                 since = self._abandoned_since or 0.0
@@ -291,7 +334,7 @@ class CheckScheduler:
                 self._check_fn, self.timeout, clock=self._clock, cancel=self._stopping
             )
             if abandoned is not None:
-                with self._wake:
+                with self._lock:
                     self._abandoned = abandoned
                     self._abandoned_since = self._last_started
             if self._stopping.is_set():
@@ -299,9 +342,8 @@ class CheckScheduler:
             now = self._monotonic()
             if self._superseded(report, began, now):
                 log.debug("check held back: the world changed while it read; checking again")
-                with self._wake:
+                with self._lock:
                     self._plan.request(now)
-                    self._wake.notify_all()
                 return
             self._latest.publish(report)
             self._last_published = now
@@ -327,9 +369,11 @@ class CheckScheduler:
     def trigger(self, reason: str = "") -> None:
         """Ask for a check soon (debounced, coalesced); safe from any thread, never runs one."""
         log.debug("early check requested", extra={"reason": reason})
-        with self._wake:
+        with self._lock:
             self._plan.request(self._monotonic())
-            self._wake.notify_all()
+            running = self._running
+        if not running:  # a running check reschedules when it ends
+            self._reschedule()
 
     # -- health ------------------------------------------------------------------------------
 

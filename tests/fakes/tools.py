@@ -36,9 +36,10 @@ READ_ONLY: dict[str, Callable[[list[str]], bool]] = {
     "ebtables-nft-save": lambda args: args == [],
     "ebtables-legacy-save": lambda args: args == [],
     "ipset": lambda args: args == ["save"],
-    "nft": lambda args: args
-    in (["-j", "list", "ruleset"], ["-j", "list", "chains"])
-    or (len(args) == 5 and args[:3] == ["-j", "list", "table"]),
+    "nft": lambda args: (
+        args in (["-j", "list", "ruleset"], ["-j", "list", "chains"])
+        or (len(args) == 5 and args[:3] == ["-j", "list", "table"])
+    ),
 }
 
 
@@ -136,7 +137,9 @@ class FakeTools:
 
     def writes(self) -> list[list[str]]:
         """The runs that were not one of the read-only commands in READ_ONLY."""
-        return [call for call in self.calls() if not READ_ONLY.get(call[0], lambda _: False)(call[1:])]
+        return [
+            call for call in self.calls() if not READ_ONLY.get(call[0], lambda _: False)(call[1:])
+        ]
 
 
 def install_host(tools: FakeTools, case: Path = MIXED) -> None:

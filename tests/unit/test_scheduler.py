@@ -257,6 +257,33 @@ def test_event_during_a_check_schedules_one_more():
         scheduler.shutdown()
 
 
+def test_an_event_during_a_check_is_not_dropped_without_debounce():
+    # The next run is due at once when the running one returns: it starts then, not an interval
+    # later.
+    gate = threading.Event()
+    calls = []
+
+    def check(progress: CheckProgress) -> Report:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            gate.wait(5)
+        return ok_report()
+
+    scheduler = CheckScheduler(check, Latest(), interval=60, timeout=5.0, debounce=0.0)
+    scheduler.start()
+    try:
+        assert wait_for(lambda: len(calls) == 1)
+        scheduler.trigger("container start")
+        time.sleep(0.05)
+        released = time.monotonic()
+        gate.set()
+        assert wait_for(lambda: len(calls) == 2, timeout=2.0)
+        assert calls[1] - released < 0.5
+    finally:
+        gate.set()
+        scheduler.shutdown()
+
+
 def test_plan_first_check_at_once_then_every_interval():
     plan = CheckPlan(interval=15, debounce=0.2, next_periodic=100.0)
     assert plan.due() == 100.0
