@@ -21,19 +21,28 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from exporter.expectations import LinkFlow, Member, NetworkExpectation
-from exporter.firewall.evaluate import Decision, PathInputs, Verdict, evaluate_packet
+from exporter.firewall.evaluate import (
+    Decision,
+    PathInputs,
+    Verdict,
+    bridged_rules,
+    evaluate_packet,
+)
 from exporter.firewall.matches import (
     ADDRESS_OPTIONS,
     BRIDGE_ADDRESS_OPTIONS,
+    BRIDGE_INTERFACE_OPTIONS,
+    INTERFACE_OPTIONS,
     MatchContext,
     Packet,
     Tri,
     host_address,
     in_network,
+    on_bridge,
     side_of,
 )
 from exporter.firewall.nft import AddressMatch, address_matches
-from exporter.firewall.rules import Rule, Ruleset
+from exporter.firewall.rules import Option, Rule, Ruleset
 from exporter.model import ExposedPort, IPAddress
 from exporter.report import Flow, FlowCount
 
@@ -78,10 +87,16 @@ class Probe:
 
 @dataclass(frozen=True)
 class _AddressRule:
-    """The address matches of one rule, split by the side they look at."""
+    """The address matches of one rule, split by the side they look at, and its interface
+    matches: every packet of a flow enters and leaves by the network's bridge, so a rule whose
+    interface match is false there (`! -i docker0`, `-o br-other`) splits no members of it."""
 
     src: tuple
     dst: tuple
+    interfaces: tuple[Option, ...] = ()
+
+    def may_match_on(self, bridge: str) -> bool:
+        return all(on_bridge(option, bridge) is not False for option in self.interfaces)
 
 
 def probe_port(rulesets: Iterable[Ruleset]) -> int:
@@ -122,14 +137,20 @@ def _rules(ruleset: Ruleset) -> Iterator[Rule]:
 
 
 def _address_rules(rulesets: Iterable[Ruleset]) -> list[_AddressRule]:
+    """The address matches of every rule a bridged packet may meet: rules in chains only INPUT
+    or OUTPUT reach never see one, so they must not split members into groups."""
     found = []
     for ruleset in rulesets:
-        table = BRIDGE_ADDRESS_OPTIONS if ruleset.family == "bridge" else ADDRESS_OPTIONS
-        for rule in _rules(ruleset):
-            src, dst = [], []
+        bridge = ruleset.family == "bridge"
+        table = BRIDGE_ADDRESS_OPTIONS if bridge else ADDRESS_OPTIONS
+        interface_keys = BRIDGE_INTERFACE_OPTIONS if bridge else INTERFACE_OPTIONS
+        for rule in bridged_rules(ruleset):
+            src, dst, interfaces = [], [], []
             for match in rule.matches:
                 for option in match.options:
                     key = (match.module, option.name)
+                    if key in interface_keys and not rule.error:
+                        interfaces.append(option)
                     if key not in table:
                         continue
                     side = side_of(match.module, option, table)
@@ -141,7 +162,7 @@ def _address_rules(rulesets: Iterable[Ruleset]) -> list[_AddressRule]:
                     else:  # a set over both or neither: treat as naming both sides, unknown
                         src.append((option, lambda o, a, c: None))
             if src or dst:
-                found.append(_AddressRule(tuple(src), tuple(dst)))
+                found.append(_AddressRule(tuple(src), tuple(dst), tuple(interfaces)))
     return found
 
 
@@ -251,7 +272,7 @@ class NetworkFlows:
         self.list_all = list_all
         self.members = expectation.members.get(family, ())
         self.rules = rules or FamilyRules.of(inputs, family)
-        self.ctx = MatchContext(inputs.firewall.ipsets)
+        self.ctx = inputs.match_context()
         self.probe = self.rules.probe
         self.links: dict[tuple[str, str, ExposedPort], LinkFlow] = (
             {
@@ -270,6 +291,8 @@ class NetworkFlows:
         special: set[tuple[str, str]] = set()
         sides = _Sides(self.members, self.ctx)
         for index, rule in enumerate(self.rules.address_rules):
+            if not rule.may_match_on(self.network.bridge):
+                continue
             src_default, src = sides.values(rule.src)
             dst_default, dst = sides.values(rule.dst)
             if (src_default is False and not src) or (dst_default is False and not dst):

@@ -14,6 +14,7 @@ the packet after them is not the one asked about.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from heapq import merge
@@ -105,6 +106,23 @@ OPTIONLESS_MODULES = frozenset({"", "tcp", "udp", "sctp", "udplite", "dccp", "ic
 MAX_DEPTH = 64
 # x_tables targets that set the packet's mark: after them a native mark match is undecidable.
 MARK_TARGETS = {"MARK", "CONNMARK", "mark"}
+
+
+def bridged_rules(ruleset: Ruleset) -> Iterator[Rule]:
+    """Every rule a bridged packet may meet: those of the chains its hooks walk (XTABLES_STAGES)
+    and of the chains they jump to. Rules that only INPUT and OUTPUT reach are left out."""
+    layer = "bridge" if ruleset.family == "bridge" else "ip"
+    pending = deque((s.table, s.chain) for s in XTABLES_STAGES if s.layer == layer)
+    seen = set(pending)
+    while pending:
+        table, name = pending.popleft()
+        chain = ruleset.chain(table, name)
+        for rule in chain.rules if chain else ():
+            yield rule
+            called = (table, rule.target)
+            if rule.target and called not in seen and ruleset.chain(*called) is not None:
+                seen.add(called)
+                pending.append(called)
 
 
 @dataclass(frozen=True)
@@ -334,6 +352,11 @@ class PathInputs:
     )
     # The ordered stages by packet family, built on first use (see stages).
     stage_lists: dict[str, list[Stage]] = field(default_factory=dict, compare=False, repr=False)
+    # Each ipset's members parsed once per check (MatchContext.set_members).
+    set_members: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def match_context(self) -> MatchContext:
+        return MatchContext(self.firewall.ipsets, set_members=self.set_members)
 
     def table_indexes(self, ruleset: Ruleset, table: str) -> dict[str, _HostIndex]:
         return self.indexes.setdefault((id(ruleset), table), {})
@@ -445,7 +468,7 @@ def evaluate_packet(packet: Packet, inputs: PathInputs) -> Decision:
     blocker = inputs.blocker(packet.family)
     if blocker:
         return Decision(Verdict.UNKNOWN, blocker)
-    ctx = MatchContext(inputs.firewall.ipsets)
+    ctx = inputs.match_context()
     call = inputs.call_iptables if packet.family == "ipv4" else inputs.call_ip6tables
     bridge = inputs.firewall.bridge
     native = inputs.firewall.nftables.native if inputs.firewall.nftables else NftRuleset()
