@@ -38,7 +38,6 @@ from exporter.firewall.nft import (
 )
 from exporter.firewall.rules import Chain, Rule, Ruleset
 from exporter.firewall.state import FirewallState, NftablesInfo
-from exporter.model import IPAddress
 from exporter.verdict import Verdict
 
 
@@ -138,44 +137,62 @@ class _Outcome:
     reason: str
 
 
-class _HostIndex:
-    """A chain's rules by the one source or destination host they require (`-s H/32`, `-d H`).
+class _ChainIndex:
+    """A chain's rules by the one host or interface they require (`-s H/32`, `-d H`, `-i br0`,
+    `-o br0`).
 
-    Docker writes a pair of such rules per link, all in one chain: without the index every packet
-    reads every link's rules, links x links per check. A rule that requires another host cannot
-    match (in_network says False), so skipping it changes nothing.
+    Docker writes a pair of rules per link and a few rules per bridge network, each naming one
+    host or bridge, all in the same chains: without the index every packet reads every link's
+    and every network's rules, links x links and networks x networks per check. A rule that
+    requires another host or interface cannot match (in_network or the interface match says
+    False, and one False option makes the rule False), so skipping it changes nothing.
     """
 
     def __init__(self, chain: Chain) -> None:
         self.rules = chain.rules
         self.general: list[int] = []
-        self.by_host: dict[tuple[str, IPAddress], list[int]] = {}
+        self.by_key: dict[tuple[str, object], list[int]] = {}
         for index, rule in enumerate(chain.rules):
-            required = _required_host(rule)
+            required = _required_key(rule)
             if required is None:
                 self.general.append(index)
             else:
-                self.by_host.setdefault(required, []).append(index)
+                self.by_key.setdefault(required, []).append(index)
 
     def candidates(self, packet: Packet) -> Iterator[Rule]:
         """In chain order, every rule that may match the packet."""
-        if not self.by_host:
+        if not self.by_key:
             return iter(self.rules)
-        by_src = self.by_host.get(("-s", packet.src), ())
-        by_dst = self.by_host.get(("-d", packet.dst), ())
-        return (self.rules[i] for i in merge(self.general, by_src, by_dst))
+        found = (
+            self.by_key.get(key, ())
+            for key in (
+                ("-s", packet.src),
+                ("-d", packet.dst),
+                ("-i", packet.in_iface),
+                ("-o", packet.out_iface),
+            )
+        )
+        return (self.rules[i] for i in merge(self.general, *found))
 
 
-def _required_host(rule: Rule) -> tuple[str, IPAddress] | None:
-    """("-s"|"-d", address) when a builtin address option allows only that host."""
+def _required_key(rule: Rule) -> tuple[str, object] | None:
+    """("-s"|"-d", address) when a builtin address option allows only that host, else
+    ("-i"|"-o", name) when a builtin interface option allows only that interface."""
     if rule.error:
         return None  # undecidable whatever it names: rule_matches must see it
+    interface = None
     for option in rule.options(""):
-        if option.name in ("-s", "-d") and not option.negated:
+        if option.negated:
+            continue
+        if option.name in ("-s", "-d"):
             address = host_address(option)
             if address is not None:
                 return option.name, address
-    return None
+        elif option.name in ("-i", "-o") and len(option.args) == 1:
+            name = option.args[0]
+            if not name.endswith("+") and name != "!":  # a wildcard allows many
+                interface = interface or (option.name, name)
+    return interface
 
 
 @dataclass
@@ -185,8 +202,8 @@ class _Walk:
     packet: Packet
     ctx: MatchContext
     matchers: dict
-    # Host indexes by chain name, shared by every packet of a check (see PathInputs.indexes).
-    indexes: dict[str, _HostIndex]
+    # Chain indexes by chain name, shared by every packet of a check (see PathInputs.indexes).
+    indexes: dict[str, _ChainIndex]
     undecided: list[str] = field(default_factory=list)
     # Outcomes of chains already walked for this packet, by (chain, depth). A chain reached from
     # many rules (a diamond of jumps) is walked once, so one packet costs at most one pass over
@@ -295,7 +312,7 @@ def _candidates(walk: _Walk, chain: Chain) -> Iterator[Rule]:
         return iter(chain.rules)  # ebtables' -s and -d are MAC addresses
     index = walk.indexes.get(chain.name)
     if index is None:
-        index = walk.indexes[chain.name] = _HostIndex(chain)
+        index = walk.indexes[chain.name] = _ChainIndex(chain)
     return index.candidates(walk.packet)
 
 
@@ -320,11 +337,11 @@ def walk_stage(
     chain_name: str,
     packet: Packet,
     ctx: MatchContext,
-    indexes: dict[str, _HostIndex] | None = None,
+    indexes: dict[str, _ChainIndex] | None = None,
 ) -> tuple[list[_Outcome], list[str]]:
     """Outcomes of one hook in one ruleset, and the rules that could not be decided.
 
-    `indexes`: host indexes of this ruleset's table, kept by the caller to reuse across packets.
+    `indexes`: chain indexes of this ruleset's table, kept by the caller to reuse across packets.
     """
     chain = ruleset.chain(table, chain_name)
     if chain is None:
@@ -345,9 +362,9 @@ class PathInputs:
     call_ip6tables: int | None
     # Families whose iptables rules could not be read: nothing is decided for them.
     unreadable: frozenset[str] = frozenset()
-    # Host indexes by (id of a ruleset of `firewall`, table): built on first use, then shared by
+    # Chain indexes by (id of a ruleset of `firewall`, table): built on first use, then shared by
     # every packet of the check. Ids are stable: `firewall` keeps its rulesets alive.
-    indexes: dict[tuple[int, str], dict[str, _HostIndex]] = field(
+    indexes: dict[tuple[int, str], dict[str, _ChainIndex]] = field(
         default_factory=dict, compare=False, repr=False
     )
     # The ordered stages by packet family, built on first use (see stages).
@@ -358,7 +375,7 @@ class PathInputs:
     def match_context(self) -> MatchContext:
         return MatchContext(self.firewall.ipsets, set_members=self.set_members)
 
-    def table_indexes(self, ruleset: Ruleset, table: str) -> dict[str, _HostIndex]:
+    def table_indexes(self, ruleset: Ruleset, table: str) -> dict[str, _ChainIndex]:
         return self.indexes.setdefault((id(ruleset), table), {})
 
     def blocker(self, family: str) -> str | None:
