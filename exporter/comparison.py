@@ -7,9 +7,10 @@ state.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from bisect import bisect_left, bisect_right
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Iterator
-from ipaddress import ip_network
+from ipaddress import IPv4Address, IPv4Network, ip_network
 
 from exporter.expectations import ExpectedRule, Member, NetworkExpectation
 from exporter.firewall.evaluate import unmodelled_docker_tables
@@ -20,6 +21,7 @@ from exporter.firewall.matches import (
     Packet,
     host_address,
     in_network,
+    required_interface,
     side_of,
 )
 from exporter.firewall.nft import unsupported as unsupported_nft
@@ -102,6 +104,45 @@ class _Forward:
         self.icc_drop_bridges = {bridge for rule in rules if (bridge := _icc_drop_bridge(rule))}
         forward = ruleset.chain("filter", "FORWARD")
         self.policy_drops = forward is not None and forward.policy == "DROP"
+        # Indexes into accepts by the one interface the rule requires (None: any), and the IPv4
+        # hosts the rules name as (address, index), sorted: a network reads only the rules that
+        # may match on its bridge or name a host of its subnets (see concerning).
+        self.by_bridge: dict[str | None, list[int]] = defaultdict(list)
+        self.named_hosts: list[tuple[int, int]] = []
+        for index, (rule, _) in enumerate(self.accepts):
+            self.by_bridge[_required_bridge(rule)].append(index)
+            self.named_hosts += ((int(host), index) for host in _named_hosts(rule))
+        self.named_hosts.sort()
+
+    def concerning(self, network: Network) -> list[tuple[Rule, RuleIdentity]]:
+        """In path order, the ACCEPT rules that may match between the network's containers or
+        name a host of its subnets; any other one matches no packet between them (its interface
+        match is false on the bridge) and names no stale host."""
+        found = {*self.by_bridge.get(None, ()), *self.by_bridge.get(network.bridge, ())}
+        for subnet in network.subnets:
+            if subnet.version == 4:
+                low = bisect_left(self.named_hosts, (int(subnet.network_address), -1))
+                high = bisect_right(
+                    self.named_hosts, (int(subnet.broadcast_address), len(self.accepts))
+                )
+                found.update(index for _, index in self.named_hosts[low:high])
+        return [self.accepts[index] for index in sorted(found)]
+
+
+def _required_bridge(rule: Rule) -> str | None:
+    options = (o for o in rule.options("") if o.name in ("-i", "-o"))
+    return next(filter(None, map(required_interface, options)), None)
+
+
+def _named_hosts(rule: Rule) -> Iterator[IPv4Address]:
+    for option in rule.options(""):
+        if option.name in ("-s", "-d") and len(option.args) == 1:
+            try:
+                host = ip_network(option.args[0], strict=False)
+            except ValueError:
+                continue
+            if host.num_addresses == 1 and isinstance(host, IPv4Network):
+                yield host.network_address
 
 
 def _icc_drop_bridge(rule: Rule) -> str | None:
@@ -268,7 +309,7 @@ def _unexpected_rules(
     findings = []
     for forward in forwards:
         command = iptables_command(forward.ruleset.backend)
-        for rule, identity in forward.accepts:
+        for rule, identity in forward.concerning(network):
             if identity in expected_ids:
                 continue
             matched = intra.matched_members(rule)

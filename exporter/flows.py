@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
+from heapq import merge
 
 from exporter.expectations import LinkFlow, Member, NetworkExpectation
 from exporter.firewall.evaluate import (
@@ -39,6 +40,7 @@ from exporter.firewall.matches import (
     host_address,
     in_network,
     on_bridge,
+    required_interface,
     side_of,
 )
 from exporter.firewall.nft import AddressMatch, address_matches
@@ -97,6 +99,11 @@ class _AddressRule:
 
     def may_match_on(self, bridge: str) -> bool:
         return all(on_bridge(option, bridge) is not False for option in self.interfaces)
+
+    @property
+    def bridge(self) -> str | None:
+        """The one interface the rule requires (Docker's per-network rules), else None."""
+        return next(filter(None, map(required_interface, self.interfaces)), None)
 
 
 def probe_port(rulesets: Iterable[Ruleset]) -> int:
@@ -188,6 +195,9 @@ class FamilyRules:
     rulesets: tuple[Ruleset, ...]
     probe: int
     address_rules: tuple[_AddressRule, ...]
+    # Indexes into address_rules by the one interface the rule requires (None: any): a network
+    # reads its own bridge's rules and the general ones, not every network's (networks x rules).
+    by_bridge: dict[str | None, list[int]]
 
     @classmethod
     def of(cls, inputs: PathInputs, family: str) -> FamilyRules:
@@ -196,7 +206,18 @@ class FamilyRules:
             rulesets += (inputs.firewall.bridge,)
         nft = inputs.firewall.nftables
         native = _native_address_rules(address_matches(nft.native)) if nft else []
-        return cls(rulesets, probe_port(rulesets), tuple(_address_rules(rulesets) + native))
+        address_rules = tuple(_address_rules(rulesets) + native)
+        by_bridge: dict[str | None, list[int]] = defaultdict(list)
+        for index, rule in enumerate(address_rules):
+            by_bridge[rule.bridge].append(index)
+        return cls(rulesets, probe_port(rulesets), address_rules, dict(by_bridge))
+
+    def on_bridge(self, bridge: str) -> Iterator[tuple[int, _AddressRule]]:
+        """In order, the address rules that may match a packet between members of `bridge`."""
+        for index in merge(self.by_bridge.get(None, ()), self.by_bridge.get(bridge, ())):
+            rule = self.address_rules[index]
+            if rule.may_match_on(bridge):
+                yield index, rule
 
 
 def _and(a: Tri, b: Tri) -> Tri:
@@ -290,9 +311,7 @@ class NetworkFlows:
         signatures: dict[str, list] = {m.container.id: [] for m in self.members}
         special: set[tuple[str, str]] = set()
         sides = _Sides(self.members, self.ctx)
-        for index, rule in enumerate(self.rules.address_rules):
-            if not rule.may_match_on(self.network.bridge):
-                continue
+        for index, rule in self.rules.on_bridge(self.network.bridge):
             src_default, src = sides.values(rule.src)
             dst_default, dst = sides.values(rule.dst)
             if (src_default is False and not src) or (dst_default is False and not dst):

@@ -28,6 +28,7 @@ from exporter.firewall.matches import (
     Tri,
     conntrack_without_entry,
     host_address,
+    required_interface,
 )
 from exporter.firewall.nft import (
     BRIDGED_HOOKS,
@@ -188,10 +189,9 @@ def _required_key(rule: Rule) -> tuple[str, object] | None:
             address = host_address(option)
             if address is not None:
                 return option.name, address
-        elif option.name in ("-i", "-o") and len(option.args) == 1:
-            name = option.args[0]
-            if not name.endswith("+") and name != "!":  # a wildcard allows many
-                interface = interface or (option.name, name)
+        elif option.name in ("-i", "-o") and interface is None:
+            name = required_interface(option)
+            interface = (option.name, name) if name is not None else None
     return interface
 
 

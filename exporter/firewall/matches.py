@@ -285,6 +285,15 @@ INTERFACE_OPTIONS = {("", "-i"), ("", "-o")}
 BRIDGE_INTERFACE_OPTIONS = {("", "--logical-in"), ("", "--logical-out")}
 
 
+def required_interface(option: Option) -> str | None:
+    """The one interface an interface option allows; None when it allows more (negated, or a
+    wildcard such as `veth+`)."""
+    if option.negated or len(option.args) != 1 or option.args[0] == "!":
+        return None
+    name = option.args[0]
+    return None if name.endswith("+") else name
+
+
 def on_bridge(option: Option, bridge: str) -> Tri:
     """What an interface option decides for a packet that enters and leaves by `bridge`."""
     pattern = _arg(option)
