@@ -10,7 +10,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Iterator
-from ipaddress import IPv4Address, IPv4Network, ip_network
+from ipaddress import IPv4Address, ip_network
 
 from exporter.expectations import ExpectedRule, Member, NetworkExpectation
 from exporter.firewall.evaluate import unmodelled_docker_tables
@@ -21,6 +21,7 @@ from exporter.firewall.matches import (
     Packet,
     host_address,
     in_network,
+    on_bridge,
     required_interface,
     side_of,
 )
@@ -136,13 +137,10 @@ def _required_bridge(rule: Rule) -> str | None:
 
 def _named_hosts(rule: Rule) -> Iterator[IPv4Address]:
     for option in rule.options(""):
-        if option.name in ("-s", "-d") and len(option.args) == 1:
-            try:
-                host = ip_network(option.args[0], strict=False)
-            except ValueError:
-                continue
-            if host.num_addresses == 1 and isinstance(host, IPv4Network):
-                yield host.network_address
+        if option.name in ("-s", "-d"):
+            host = host_address(option)
+            if isinstance(host, IPv4Address):
+                yield host
 
 
 def _icc_drop_bridge(rule: Rule) -> str | None:
@@ -174,7 +172,7 @@ class _IntraBridge:
 
     def matched_members(self, rule: Rule) -> tuple[list[Member], list[Member]] | None:
         """Sources and targets the rule may match, or None when it cannot match such a packet."""
-        if self.packet is None:
+        if self.packet is None or not self._on_bridge(rule):
             return None
         sources, targets = list(self.members), list(self.members)
         for match in rule.matches:
@@ -202,6 +200,16 @@ class _IntraBridge:
         if not sources or not targets or (len(sources) == 1 and sources == targets):
             return None
         return sources, targets
+
+    def _on_bridge(self, rule: Rule) -> bool:
+        """False when an interface match is false on the bridge: such a rule matches none of
+        these packets, whatever its address matches say (asked first: they cost a member each)."""
+        bridge = self.expectation.network.bridge
+        return all(
+            on_bridge(option, bridge) is not False
+            for option in rule.options("")
+            if option.name in ("-i", "-o")
+        )
 
     def _names_no_member(self, option: Option, decide: object) -> bool:
         """Whether the option allows one host only, and no member has it (an allow-list of

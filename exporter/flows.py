@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
-from heapq import merge
 
 from exporter.expectations import LinkFlow, Member, NetworkExpectation
 from exporter.firewall.evaluate import (
@@ -101,9 +100,16 @@ class _AddressRule:
         return all(on_bridge(option, bridge) is not False for option in self.interfaces)
 
     @property
-    def bridge(self) -> str | None:
-        """The one interface the rule requires (Docker's per-network rules), else None."""
-        return next(filter(None, map(required_interface, self.interfaces)), None)
+    def key(self) -> tuple[str, object] | None:
+        """("host", H) when an address match allows host H only (fail2ban's and Docker's
+        per-host rules): it matches no member of a network without H. Else ("bridge", B) when
+        the rule requires interface B (Docker's per-network rules). Else None."""
+        for option, decide in self.src + self.dst:
+            host = _host(option, decide)
+            if host is not None and not option.negated:
+                return "host", host
+        bridge = next(filter(None, map(required_interface, self.interfaces)), None)
+        return None if bridge is None else ("bridge", bridge)
 
 
 def probe_port(rulesets: Iterable[Ruleset]) -> int:
@@ -195,9 +201,9 @@ class FamilyRules:
     rulesets: tuple[Ruleset, ...]
     probe: int
     address_rules: tuple[_AddressRule, ...]
-    # Indexes into address_rules by the one interface the rule requires (None: any): a network
-    # reads its own bridge's rules and the general ones, not every network's (networks x rules).
-    by_bridge: dict[str | None, list[int]]
+    # Indexes into address_rules by their key (_AddressRule.key): a network reads the rules of
+    # its own bridge and members and the general ones, not every rule (networks x rules).
+    by_key: dict[tuple[str, object] | None, list[int]]
 
     @classmethod
     def of(cls, inputs: PathInputs, family: str) -> FamilyRules:
@@ -207,17 +213,28 @@ class FamilyRules:
         nft = inputs.firewall.nftables
         native = _native_address_rules(address_matches(nft.native)) if nft else []
         address_rules = tuple(_address_rules(rulesets) + native)
-        by_bridge: dict[str | None, list[int]] = defaultdict(list)
+        by_key: dict[tuple[str, object] | None, list[int]] = defaultdict(list)
         for index, rule in enumerate(address_rules):
-            by_bridge[rule.bridge].append(index)
-        return cls(rulesets, probe_port(rulesets), address_rules, dict(by_bridge))
+            by_key[rule.key].append(index)
+        return cls(rulesets, probe_port(rulesets), address_rules, dict(by_key))
 
-    def on_bridge(self, bridge: str) -> Iterator[tuple[int, _AddressRule]]:
+    def concerning(
+        self, bridge: str, members: tuple[Member, ...]
+    ) -> Iterator[tuple[int, _AddressRule]]:
         """In order, the address rules that may match a packet between members of `bridge`."""
-        for index in merge(self.by_bridge.get(None, ()), self.by_bridge.get(bridge, ())):
+        keys = [None, ("bridge", bridge), *{("host", m.address) for m in members}]
+        found = sorted(index for key in keys for index in self.by_key.get(key, ()))
+        for index in found:
             rule = self.address_rules[index]
             if rule.may_match_on(bridge):
                 yield index, rule
+
+
+def _host(option: Option | AddressMatch, decide: object) -> IPAddress | None:
+    """The one address an address match names (negated or not), if it names exactly one."""
+    if isinstance(option, AddressMatch):
+        return option.host
+    return host_address(option) if decide is in_network else None
 
 
 def _and(a: Tri, b: Tri) -> Tri:
@@ -253,10 +270,7 @@ class _Sides:
         return default, exceptions
 
     def _one(self, option, decide) -> tuple[Tri, dict[str, Tri]]:
-        if isinstance(option, AddressMatch):
-            host = option.host
-        else:
-            host = host_address(option) if decide is in_network else None
+        host = _host(option, decide)
         if host is not None:
             hit = not option.negated
             return (not hit), {i: hit for i in self.by_address.get(host, ())}
@@ -295,6 +309,7 @@ class NetworkFlows:
         self.rules = rules or FamilyRules.of(inputs, family)
         self.ctx = inputs.match_context()
         self.probe = self.rules.probe
+        self.arp = inputs.decides_arp()
         self.links: dict[tuple[str, str, ExposedPort], LinkFlow] = (
             {
                 (lf.parent.container.id, lf.child.container.id, lf.port): lf
@@ -311,7 +326,7 @@ class NetworkFlows:
         signatures: dict[str, list] = {m.container.id: [] for m in self.members}
         special: set[tuple[str, str]] = set()
         sides = _Sides(self.members, self.ctx)
-        for index, rule in self.rules.on_bridge(self.network.bridge):
+        for index, rule in self.rules.concerning(self.network.bridge, self.members):
             src_default, src = sides.values(rule.src)
             dst_default, dst = sides.values(rule.dst)
             if (src_default is False and not src) or (dst_default is False and not dst):
@@ -349,7 +364,7 @@ class NetworkFlows:
             self.network.bridge,
             probe.protocol,
             probe.port,
-            arp=self.inputs.decides_arp(),
+            arp=self.arp,
         )
         decisions = [evaluate_packet(packet, self.inputs) for packet in packets]
         for decision in decisions:

@@ -159,20 +159,21 @@ class _ChainIndex:
                 self.general.append(index)
             else:
                 self.by_key.setdefault(required, []).append(index)
+        self.general_rules = tuple(self.rules[i] for i in self.general)
 
     def candidates(self, packet: Packet) -> Iterator[Rule]:
         """In chain order, every rule that may match the packet."""
         if not self.by_key:
             return iter(self.rules)
-        found = (
-            self.by_key.get(key, ())
-            for key in (
-                ("-s", packet.src),
-                ("-d", packet.dst),
-                ("-i", packet.in_iface),
-                ("-o", packet.out_iface),
-            )
+        keys = (
+            ("-s", packet.src),
+            ("-d", packet.dst),
+            ("-i", packet.in_iface),
+            ("-o", packet.out_iface),
         )
+        found = [self.by_key[key] for key in keys if key in self.by_key]
+        if not found:
+            return iter(self.general_rules)
         return (self.rules[i] for i in merge(self.general, *found))
 
 
@@ -371,6 +372,9 @@ class PathInputs:
     stage_lists: dict[str, list[Stage]] = field(default_factory=dict, compare=False, repr=False)
     # Each ipset's members parsed once per check (MatchContext.set_members).
     set_members: dict = field(default_factory=dict, compare=False, repr=False)
+    # Facts about the whole firewall that every packet asks (blocker, bridge_empty), worked out
+    # on first use: each reads every table or rule.
+    facts: dict[object, object] = field(default_factory=dict, compare=False, repr=False)
 
     def match_context(self) -> MatchContext:
         return MatchContext(self.firewall.ipsets, set_members=self.set_members)
@@ -380,6 +384,19 @@ class PathInputs:
 
     def blocker(self, family: str) -> str | None:
         """A reason why nothing can be decided for this family, or None."""
+        key = ("blocker", family)
+        if key not in self.facts:
+            self.facts[key] = self._blocker(family)
+        return self.facts[key]  # type: ignore[return-value]
+
+    def bridge_empty(self) -> bool:
+        """Whether ebtables, read, decides nothing (see Ruleset.empty)."""
+        if "bridge_empty" not in self.facts:
+            bridge = self.firewall.bridge
+            self.facts["bridge_empty"] = bridge is not None and bridge.empty
+        return self.facts["bridge_empty"]  # type: ignore[return-value]
+
+    def _blocker(self, family: str) -> str | None:
         if family in self.unreadable:
             return f"{'ip6tables' if family == 'ipv6' else 'iptables'} rules could not be read"
         nft = self.firewall.nftables
@@ -402,8 +419,7 @@ class PathInputs:
     def decides_arp(self) -> bool:
         """Whether any chain may stop an ARP frame: ebtables unread or not empty, or a native
         bridge-family chain that does more than accept. Only then are ARP frames worth walking."""
-        bridge = self.firewall.bridge
-        if bridge is None or not bridge.empty:
+        if not self.bridge_empty():
             return True
         nft = self.firewall.nftables
         return nft is not None and any(
@@ -508,7 +524,7 @@ def evaluate_packet(packet: Packet, inputs: PathInputs) -> Decision:
             if bridge is None:
                 path.maybe("ebtables rules could not be read")
                 continue
-            rulesets: tuple[Ruleset, ...] = () if bridge.empty else (bridge,)
+            rulesets: tuple[Ruleset, ...] = () if inputs.bridge_empty() else (bridge,)
         else:
             rulesets = inputs.firewall.for_family(packet.family)
         for ruleset in rulesets:
