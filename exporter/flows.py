@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
+from ipaddress import IPv4Address
 
 from exporter.expectations import LinkFlow, Member, NetworkExpectation
 from exporter.firewall.evaluate import (
@@ -33,6 +34,7 @@ from exporter.firewall.matches import (
     BRIDGE_ADDRESS_OPTIONS,
     BRIDGE_INTERFACE_OPTIONS,
     INTERFACE_OPTIONS,
+    MATCHERS,
     MatchContext,
     Packet,
     Tri,
@@ -95,6 +97,11 @@ class _AddressRule:
     src: tuple
     dst: tuple
     interfaces: tuple[Option, ...] = ()
+    # Whether it may match a packet from a flow's client (sent from an ephemeral port), and a
+    # reply to one (sent to an ephemeral port): a link's `--dport 80` rule sees no reply, its
+    # `--sport 80` rule no client packet, so each touches only flows in one direction.
+    from_client: bool = True
+    to_client: bool = True
 
     def may_match_on(self, bridge: str) -> bool:
         return all(on_bridge(option, bridge) is not False for option in self.interfaces)
@@ -175,8 +182,37 @@ def _address_rules(rulesets: Iterable[Ruleset]) -> list[_AddressRule]:
                     else:  # a set over both or neither: treat as naming both sides, unknown
                         src.append((option, lambda o, a, c: None))
             if src or dst:
-                found.append(_AddressRule(tuple(src), tuple(dst), tuple(interfaces)))
+                from_client, to_client = (True, True) if bridge else _directions(rule)
+                found.append(
+                    _AddressRule(tuple(src), tuple(dst), tuple(interfaces), from_client, to_client)
+                )
     return found
+
+
+# A flow packet's ports: the client's side is ephemeral (None), the server's fixed but any.
+_EPHEMERAL_PORTS = Packet("ipv4", IPv4Address(0), IPv4Address(0), "", "", "tcp", None, None)
+SOURCE_PORT_OPTIONS = {"--sport", "--source-port", "--sports", "--source-ports"}
+DESTINATION_PORT_OPTIONS = {"--dport", "--destination-port", "--dports", "--destination-ports"}
+
+
+def _directions(rule: Rule) -> tuple[bool, bool]:
+    """(may match a client's packet, may match a reply) for an iptables rule: False where a
+    port match is false for every ephemeral port (client packets leave from one, replies go to
+    one). ARP frames, the only flow packets without ports, never meet iptables."""
+    if rule.error:
+        return True, True
+    from_client = to_client = True
+    ctx = MatchContext({})
+    for match in rule.matches:
+        for option in match.options:
+            decide = MATCHERS.get((match.module, option.name))
+            if decide is None or decide(option, _EPHEMERAL_PORTS, ctx) is not False:
+                continue
+            if option.name in SOURCE_PORT_OPTIONS:
+                from_client = False
+            elif option.name in DESTINATION_PORT_OPTIONS:
+                to_client = False
+    return from_client, to_client
 
 
 def _native_address_rules(found: list[tuple[AddressMatch, ...]]) -> list[_AddressRule]:
@@ -321,10 +357,15 @@ class NetworkFlows:
 
     # -- grouping ------------------------------------------------------------------------------
 
-    def _classify(self) -> tuple[dict[str, tuple], set[tuple[str, str]]]:
-        """Each member's signature and the special pairs (by container id)."""
+    def _classify(self) -> tuple[dict[str, tuple], set[tuple[str, str]], set[tuple[str, str]]]:
+        """Each member's signature, the special pairs, and the pairs named by a rule whose both
+        sides vary, in both directions (by container id). A special pair is decided alone; the
+        named ones are listed alone, first (the order the output has always had), but those a
+        rule names in the direction it cannot match (a link's reply rule for the reverse flow)
+        share their groups' verdict."""
         signatures: dict[str, list] = {m.container.id: [] for m in self.members}
         special: set[tuple[str, str]] = set()
+        named: set[tuple[str, str]] = set()
         sides = _Sides(self.members, self.ctx)
         for index, rule in self.rules.concerning(self.network.bridge, self.members):
             src_default, src = sides.values(rule.src)
@@ -334,15 +375,19 @@ class NetworkFlows:
             if src and dst:
                 for a in sides.possible(src_default, src):
                     for b in sides.possible(dst_default, dst):
-                        if a != b:
+                        if a == b:
+                            continue
+                        named.update(((a, b), (b, a)))
+                        if rule.from_client:
                             special.add((a, b))
+                        if rule.to_client:
                             special.add((b, a))  # the reply packet of b -> a
             else:
                 for member_id, value in (src or dst).items():
                     signatures[member_id].append((index, value))
         for parent_id, child_id, _port in self.links:
             special.add((parent_id, child_id))
-        return {k: tuple(v) for k, v in signatures.items()}, special
+        return {k: tuple(v) for k, v in signatures.items()}, special, named | special
 
     def probes(self, target: Member) -> tuple[Probe, ...]:
         """Every exposed port, and a TCP and a UDP probe on a port no rule names: a hole for a
@@ -409,13 +454,27 @@ class NetworkFlows:
         counts: Counter = Counter()
         if len(self.members) < 2:
             return listed, counts
-        signatures, special = self._classify()
+        signatures, special, named = self._classify()
         by_id = {m.container.id: m for m in self.members}
+        decisions: dict[tuple, Decision] = {}
 
-        for source_id, target_id in sorted(special):
+        def group_decision(source: Member, target: Member, probe: Probe) -> Decision:
+            """The verdict every pair of the same groups that is not special shares."""
+            key = (signatures[source.container.id], signatures[target.container.id], probe)
+            if key not in decisions:
+                decisions[key] = self.decide(source, target, probe)
+            return decisions[key]
+
+        for source_id, target_id in sorted(named):
             source, target = by_id[source_id], by_id[target_id]
+            alone = (source_id, target_id) in special
             for probe in self.probes(target):
-                flow = self._flow(source, target, probe, self.decide(source, target, probe))
+                decision = (
+                    self.decide(source, target, probe)
+                    if alone
+                    else group_decision(source, target, probe)
+                )
+                flow = self._flow(source, target, probe, decision)
                 counts[(flow.expected, flow.actual)] += 1
                 if self.list_all or flow.link or flow.expected != flow.actual:
                     listed.append(flow)
@@ -428,21 +487,21 @@ class NetworkFlows:
             targets[(signature, self.probes(member))].append(member)
         for source_group in sources.values():
             for (_, probes), target_group in targets.items():
-                pairs = self._generic_pairs(source_group, target_group, special)
+                pairs = self._generic_pairs(source_group, target_group, named)
                 representative = next(pairs, None)
                 if representative is None:
                     continue
                 source, target = representative
                 for probe in probes:
-                    decision = self.decide(source, target, probe)
+                    decision = group_decision(source, target, probe)
                     flow = self._flow(source, target, probe, decision)
                     key = (flow.expected, flow.actual)
                     if self.list_all or flow.expected != flow.actual:
-                        for s, t in self._generic_pairs(source_group, target_group, special):
+                        for s, t in self._generic_pairs(source_group, target_group, named):
                             listed.append(self._flow(s, t, probe, decision))
                             counts[key] += 1
                     else:
-                        counts[key] += self._count_generic(source_group, target_group, special)
+                        counts[key] += self._count_generic(source_group, target_group, named)
         return listed, counts
 
     @staticmethod
