@@ -259,8 +259,14 @@ def rule_findings(
         missing: list[Finding] = []
         unexpected: list[Finding] = []
         if not network.icc:
-            missing = _missing_rules(network, expected_rules, present, firewall.primary_backend)
-            expected_ids = {rule_identity(e.rule) for e in expected_rules}
+            identities = [rule_identity(e.rule) for e in expected_rules]
+            missing = _missing_rules(
+                network,
+                zip(expected_rules, identities, strict=True),
+                present,
+                firewall.primary_backend,
+            )
+            expected_ids = set(identities)
             unexpected = _unexpected_rules(expectation, forwards, expected_ids, ctx)
             drop = _icc_drop_findings(expectation, forwards, firewall.primary_backend)
             findings.extend([*missing, *unexpected, *drop])
@@ -281,14 +287,14 @@ def rule_findings(
 
 def _missing_rules(
     network: Network,
-    expected_rules: Iterable[ExpectedRule],
+    expected_rules: Iterable[tuple[ExpectedRule, RuleIdentity]],
     present: set[RuleIdentity],
     primary: str | None,
 ) -> list[Finding]:
     """Docker's link rules that no FORWARD path of any backend holds."""
     findings = []
-    for expected in expected_rules:
-        if rule_identity(expected.rule) in present:
+    for expected, identity in expected_rules:
+        if identity in present:
             continue
         link = expected.link
         findings.append(Finding(
