@@ -455,30 +455,40 @@ class NetworkFlows:
         if len(self.members) < 2:
             return listed, counts
         signatures, special, named = self._classify()
+        shared = _GroupVerdicts(self, signatures)
+        self._named_flows(named, special, shared, listed, counts)
+        self._group_flows(signatures, named, shared, listed, counts)
+        return listed, counts
+
+    def _named_flows(
+        self,
+        named: set[tuple[str, str]],
+        special: set[tuple[str, str]],
+        shared: _GroupVerdicts,
+        listed: list[Flow],
+        counts: Counter,
+    ) -> None:
+        """The pairs a two-host rule names, one by one (special ones decided alone)."""
         by_id = {m.container.id: m for m in self.members}
-        decisions: dict[tuple, Decision] = {}
-
-        def group_decision(source: Member, target: Member, probe: Probe) -> Decision:
-            """The verdict every pair of the same groups that is not special shares."""
-            key = (signatures[source.container.id], signatures[target.container.id], probe)
-            if key not in decisions:
-                decisions[key] = self.decide(source, target, probe)
-            return decisions[key]
-
         for source_id, target_id in sorted(named):
             source, target = by_id[source_id], by_id[target_id]
             alone = (source_id, target_id) in special
             for probe in self.probes(target):
-                decision = (
-                    self.decide(source, target, probe)
-                    if alone
-                    else group_decision(source, target, probe)
-                )
-                flow = self._flow(source, target, probe, decision)
+                decide = self.decide if alone else shared.decide
+                flow = self._flow(source, target, probe, decide(source, target, probe))
                 counts[(flow.expected, flow.actual)] += 1
                 if self.list_all or flow.link or flow.expected != flow.actual:
                     listed.append(flow)
 
+    def _group_flows(
+        self,
+        signatures: dict[str, tuple],
+        named: set[tuple[str, str]],
+        shared: _GroupVerdicts,
+        listed: list[Flow],
+        counts: Counter,
+    ) -> None:
+        """Every other pair, counted by groups; listed one by one only when unexpected."""
         sources: dict[tuple, list[Member]] = defaultdict(list)
         targets: dict[tuple, list[Member]] = defaultdict(list)
         for member in self.members:
@@ -493,7 +503,7 @@ class NetworkFlows:
                     continue
                 source, target = representative
                 for probe in probes:
-                    decision = group_decision(source, target, probe)
+                    decision = shared.decide(source, target, probe)
                     flow = self._flow(source, target, probe, decision)
                     key = (flow.expected, flow.actual)
                     if self.list_all or flow.expected != flow.actual:
@@ -502,7 +512,6 @@ class NetworkFlows:
                             counts[key] += 1
                     else:
                         counts[key] += self._count_generic(source_group, target_group, named)
-        return listed, counts
 
     @staticmethod
     def _generic_pairs(
@@ -525,6 +534,22 @@ class NetworkFlows:
         total = len(source_ids) * len(target_ids) - len(source_ids & target_ids)
         total -= sum(1 for a, b in special if a in source_ids and b in target_ids)
         return total
+
+
+class _GroupVerdicts:
+    """The verdict every pair that is not special shares with the pairs of the same groups:
+    decided once per pair of signatures and probe."""
+
+    def __init__(self, flows: NetworkFlows, signatures: dict[str, tuple]) -> None:
+        self.flows = flows
+        self.signatures = signatures
+        self.decisions: dict[tuple, Decision] = {}
+
+    def decide(self, source: Member, target: Member, probe: Probe) -> Decision:
+        key = (self.signatures[source.container.id], self.signatures[target.container.id], probe)
+        if key not in self.decisions:
+            self.decisions[key] = self.flows.decide(source, target, probe)
+        return self.decisions[key]
 
 
 def evaluate_flows(
