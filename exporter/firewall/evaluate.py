@@ -528,6 +528,8 @@ def evaluate_packet(packet: Packet, inputs: PathInputs) -> Decision:
         else:
             rulesets = inputs.firewall.for_family(packet.family)
         for ruleset in rulesets:
+            if _absent(ruleset, stage) and path.mark is None:
+                continue  # it accepts, and only a filter ACCEPT is named as the reason
             indexes = inputs.table_indexes(ruleset, stage.table)
             outcomes, undecided = walk_stage(
                 ruleset, stage.table, stage.chain, packet, ctx, indexes
@@ -537,6 +539,11 @@ def evaluate_packet(packet: Packet, inputs: PathInputs) -> Decision:
             if not path.stage(outcomes, undecided, stage.table):
                 return path.conclude(alive=False)
     return path.conclude(alive=True)
+
+
+def _absent(ruleset: Ruleset, stage: Stage) -> bool:
+    """A chain other than filter's that the ruleset does not have: walking it changes nothing."""
+    return stage.table != "filter" and ruleset.chain(stage.table, stage.chain) is None
 
 
 def _nat_only(stage: Stage) -> bool:
