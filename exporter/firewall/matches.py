@@ -62,7 +62,7 @@ class MatchContext:
     # The builtin chain and table being walked (PREROUTING, raw, ...); "" when not walking one.
     hook: str = ""
     table: str = ""
-    # Each set's members parsed once, by set name (see _members): shared by every context made
+    # Each set's members parsed once, by set name (see _in_set): shared by every context made
     # from this one with replace(), and by every packet of a check that passes the same dict.
     set_members: dict[str, SetMembers | None] = field(
         default_factory=dict, compare=False, repr=False
@@ -155,6 +155,7 @@ class SetMembers:
 
 
 def _scan(members: tuple, address: IPAddress) -> Tri:
+    """Member by member, as ipset's own order: the first hit, or the first unreadable member."""
     for network, bounds in members:
         if network is not None:
             if network.version == address.version and address in network:
