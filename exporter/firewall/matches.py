@@ -155,7 +155,8 @@ class SetMembers:
 
 
 def _scan(members: tuple, address: IPAddress) -> Tri:
-    """Member by member, as ipset's own order: the first hit, or the first unreadable member."""
+    """Member by member, in the order the set lists them: the first hit or unreadable member
+    decides."""
     for network, bounds in members:
         if network is not None:
             if network.version == address.version and address in network:

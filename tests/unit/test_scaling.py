@@ -20,7 +20,7 @@ from exporter.firewall.parse import parse_ebtables_save, parse_iptables_save
 from exporter.firewall.rules import Chain, IPSet, Ruleset, Table
 from exporter.firewall.state import FirewallState
 from exporter.flows import evaluate_flows
-from exporter.model import DockerState
+from exporter.model import Container, DockerState
 from tests.unit import layouts as L
 
 EMPTY_EBTABLES = "*filter\n:FORWARD ACCEPT\n"
@@ -432,3 +432,29 @@ def test_accept_rules_of_other_bridges_are_not_read_per_network(
     assert {f.kind for f in findings} == {"icc_drop_missing"}
     # Each of the 100 user networks asked about each of docker0's 400 link ACCEPT rules.
     assert asked[0] <= 10 * networks
+
+
+def test_members_are_found_in_one_pass_over_the_containers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    networks = 200
+    nets, containers = [], []
+    for n in range(networks):
+        net = L.network(f"net{n}", f"br-{n}", n % 2 == 0, f"10.{n}.0.0/24")
+        nets.append(net)
+        containers += [L.container(f"a{n}", net, f"10.{n}.0.2"),
+                       L.container(f"b{n}", net, f"10.{n}.0.3")]  # fmt: skip
+    asked = [0]
+    endpoint = Container.endpoint
+
+    def counted(self, network_id):
+        asked[0] += 1
+        return endpoint(self, network_id)
+
+    monkeypatch.setattr(Container, "endpoint", counted)
+
+    expectations = network_expectations(DockerState("test", tuple(nets), tuple(containers)))
+
+    assert [e.containers for e in expectations] == [2] * networks
+    # Asking every container for its endpoint on every network: 200 x 400.
+    assert asked[0] <= 2 * len(containers)
