@@ -9,9 +9,10 @@ SCTP flow when its first packet does (see flow_packets).
 A rule only distinguishes the containers whose addresses its matches name. So containers are
 grouped by how every address match that varies across the network treats them; rules whose source
 AND destination both vary (Docker's link rules, a hand-written ACCEPT between two containers)
-mark the few pairs they can touch as special, and those are evaluated one by one. Every other pair
-shares its groups' verdict: one evaluation per pair of groups, counted, and listed one by one only
-when the verdict is not the expected one (that is what the output needs).
+name a few pairs: those are listed one by one, and a flow of theirs that such a rule may touch
+(by its ports and direction) is evaluated alone. Every other flow shares its groups' verdict: one
+evaluation per pair of groups and probe, counted, and listed one by one only when the verdict is
+not the expected one (that is what the output needs).
 """
 
 from __future__ import annotations
@@ -97,14 +98,20 @@ class _AddressRule:
     src: tuple
     dst: tuple
     interfaces: tuple[Option, ...] = ()
-    # Whether it may match a packet from a flow's client (sent from an ephemeral port), and a
-    # reply to one (sent to an ephemeral port): a link's `--dport 80` rule sees no reply, its
-    # `--sport 80` rule no client packet, so each touches only flows in one direction.
-    from_client: bool = True
-    to_client: bool = True
+    # Its protocol and port matches with their deciders (iptables rules only): a link's
+    # `--dport 80` rule touches the port 80 flows' client packets, never a reply (sent to an
+    # ephemeral port) nor another port's flow.
+    ports: tuple = ()
 
     def may_match_on(self, bridge: str) -> bool:
         return all(on_bridge(option, bridge) is not False for option in self.interfaces)
+
+    def may_touch(self, probe: Probe, reply: bool) -> bool:
+        """Whether it may match the client's packets of the probe's flow (from an ephemeral
+        port to the probe's), or with `reply` the replies (the other way round)."""
+        sport, dport = (probe.port, None) if reply else (None, probe.port)
+        packet = Packet("ipv4", _ANY, _ANY, "", "", probe.protocol, sport, dport)
+        return all(decide(option, packet, _NO_SETS) is not False for option, decide in self.ports)
 
     @property
     def key(self) -> tuple[str, object] | None:
@@ -182,37 +189,27 @@ def _address_rules(rulesets: Iterable[Ruleset]) -> list[_AddressRule]:
                     else:  # a set over both or neither: treat as naming both sides, unknown
                         src.append((option, lambda o, a, c: None))
             if src or dst:
-                from_client, to_client = (True, True) if bridge else _directions(rule)
-                found.append(
-                    _AddressRule(tuple(src), tuple(dst), tuple(interfaces), from_client, to_client)
-                )
+                ports = () if bridge or rule.error else _port_matches(rule)
+                found.append(_AddressRule(tuple(src), tuple(dst), tuple(interfaces), ports))
     return found
 
 
-# A flow packet's ports: the client's side is ephemeral (None), the server's fixed but any.
-_EPHEMERAL_PORTS = Packet("ipv4", IPv4Address(0), IPv4Address(0), "", "", "tcp", None, None)
-SOURCE_PORT_OPTIONS = {"--sport", "--source-port", "--sports", "--source-ports"}
-DESTINATION_PORT_OPTIONS = {"--dport", "--destination-port", "--dports", "--destination-ports"}
+# iptables matches that read nothing but a packet's protocol and ports. ARP frames, the only
+# flow packets without them, never meet iptables.
+PORT_MATCHES = {("", "-p")} | {
+    key for key in MATCHERS if key[0] in ("tcp", "udp", "sctp", "multiport") and "port" in key[1]
+}
+_ANY = IPv4Address(0)
+_NO_SETS = MatchContext({})
 
 
-def _directions(rule: Rule) -> tuple[bool, bool]:
-    """(may match a client's packet, may match a reply) for an iptables rule: False where a
-    port match is false for every ephemeral port (client packets leave from one, replies go to
-    one). ARP frames, the only flow packets without ports, never meet iptables."""
-    if rule.error:
-        return True, True
-    from_client = to_client = True
-    ctx = MatchContext({})
-    for match in rule.matches:
-        for option in match.options:
-            decide = MATCHERS.get((match.module, option.name))
-            if decide is None or decide(option, _EPHEMERAL_PORTS, ctx) is not False:
-                continue
-            if option.name in SOURCE_PORT_OPTIONS:
-                from_client = False
-            elif option.name in DESTINATION_PORT_OPTIONS:
-                to_client = False
-    return from_client, to_client
+def _port_matches(rule: Rule) -> tuple:
+    return tuple(
+        (option, MATCHERS[(match.module, option.name)])
+        for match in rule.matches
+        for option in match.options
+        if (match.module, option.name) in PORT_MATCHES
+    )
 
 
 def _native_address_rules(found: list[tuple[AddressMatch, ...]]) -> list[_AddressRule]:
@@ -325,6 +322,11 @@ class _Sides:
         ]
 
 
+# By ordered pair of container ids: the rules whose both sides vary that name it, each with
+# whether it names the pair through the replies of the reverse flow.
+_Touching = dict[tuple[str, str], list[tuple[_AddressRule, bool]]]
+
+
 class NetworkFlows:
     """Evaluates the flows of one network and family."""
 
@@ -357,15 +359,12 @@ class NetworkFlows:
 
     # -- grouping ------------------------------------------------------------------------------
 
-    def _classify(self) -> tuple[dict[str, tuple], set[tuple[str, str]], set[tuple[str, str]]]:
-        """Each member's signature, the special pairs, and the pairs named by a rule whose both
-        sides vary, in both directions (by container id). A special pair is decided alone; the
-        named ones are listed alone, first (the order the output has always had), but those a
-        rule names in the direction it cannot match (a link's reply rule for the reverse flow)
-        share their groups' verdict."""
+    def _classify(self) -> tuple[dict[str, tuple], _Touching, set[tuple[str, str]]]:
+        """Each member's signature; by pair, the rules whose both sides vary that may touch its
+        flows (and whether through the replies); and the pairs listed one by one: those, both
+        ways round (the order the output has always had), and the links (by container id)."""
         signatures: dict[str, list] = {m.container.id: [] for m in self.members}
-        special: set[tuple[str, str]] = set()
-        named: set[tuple[str, str]] = set()
+        touching: _Touching = defaultdict(list)
         sides = _Sides(self.members, self.ctx)
         for index, rule in self.rules.concerning(self.network.bridge, self.members):
             src_default, src = sides.values(rule.src)
@@ -375,19 +374,14 @@ class NetworkFlows:
             if src and dst:
                 for a in sides.possible(src_default, src):
                     for b in sides.possible(dst_default, dst):
-                        if a == b:
-                            continue
-                        named.update(((a, b), (b, a)))
-                        if rule.from_client:
-                            special.add((a, b))
-                        if rule.to_client:
-                            special.add((b, a))  # the reply packet of b -> a
+                        if a != b:
+                            touching[(a, b)].append((rule, False))
+                            touching[(b, a)].append((rule, True))  # the replies of b -> a
             else:
                 for member_id, value in (src or dst).items():
                     signatures[member_id].append((index, value))
-        for parent_id, child_id, _port in self.links:
-            special.add((parent_id, child_id))
-        return {k: tuple(v) for k, v in signatures.items()}, special, named | special
+        named = set(touching) | {(parent, child) for parent, child, _port in self.links}
+        return {k: tuple(v) for k, v in signatures.items()}, touching, named
 
     def probes(self, target: Member) -> tuple[Probe, ...]:
         """Every exposed port, and a TCP and a UDP probe on a port no rule names: a hole for a
@@ -454,26 +448,28 @@ class NetworkFlows:
         counts: Counter = Counter()
         if len(self.members) < 2:
             return listed, counts
-        signatures, special, named = self._classify()
+        signatures, touching, named = self._classify()
         shared = _GroupVerdicts(self, signatures)
-        self._named_flows(named, special, shared, listed, counts)
+        self._named_flows(named, touching, shared, listed, counts)
         self._group_flows(signatures, named, shared, listed, counts)
         return listed, counts
 
     def _named_flows(
         self,
         named: set[tuple[str, str]],
-        special: set[tuple[str, str]],
+        touching: _Touching,
         shared: _GroupVerdicts,
         listed: list[Flow],
         counts: Counter,
     ) -> None:
-        """The pairs a two-host rule names, one by one (special ones decided alone)."""
+        """The named pairs one by one. A flow that a rule naming both sides may touch is
+        decided alone; any other shares its groups' verdict."""
         by_id = {m.container.id: m for m in self.members}
         for source_id, target_id in sorted(named):
             source, target = by_id[source_id], by_id[target_id]
-            alone = (source_id, target_id) in special
+            rules = touching.get((source_id, target_id), ())
             for probe in self.probes(target):
+                alone = any(rule.may_touch(probe, reply) for rule, reply in rules)
                 decide = self.decide if alone else shared.decide
                 flow = self._flow(source, target, probe, decide(source, target, probe))
                 counts[(flow.expected, flow.actual)] += 1
@@ -515,30 +511,27 @@ class NetworkFlows:
 
     @staticmethod
     def _generic_pairs(
-        sources: list[Member], targets: list[Member], special: set[tuple[str, str]]
+        sources: list[Member], targets: list[Member], named: set[tuple[str, str]]
     ) -> Iterator[tuple[Member, Member]]:
         for source in sources:
             for target in targets:
-                if (
-                    source is not target
-                    and (source.container.id, target.container.id) not in special
-                ):
+                if source is not target and (source.container.id, target.container.id) not in named:
                     yield source, target
 
     @staticmethod
     def _count_generic(
-        sources: list[Member], targets: list[Member], special: set[tuple[str, str]]
+        sources: list[Member], targets: list[Member], named: set[tuple[str, str]]
     ) -> int:
         source_ids = {m.container.id for m in sources}
         target_ids = {m.container.id for m in targets}
         total = len(source_ids) * len(target_ids) - len(source_ids & target_ids)
-        total -= sum(1 for a, b in special if a in source_ids and b in target_ids)
+        total -= sum(1 for a, b in named if a in source_ids and b in target_ids)
         return total
 
 
 class _GroupVerdicts:
-    """The verdict every pair that is not special shares with the pairs of the same groups:
-    decided once per pair of signatures and probe."""
+    """The verdict a flow no rule naming both sides touches shares with every such flow between
+    the same groups: decided once per pair of signatures and probe."""
 
     def __init__(self, flows: NetworkFlows, signatures: dict[str, tuple]) -> None:
         self.flows = flows
