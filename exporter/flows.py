@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from ipaddress import IPv4Address
 
 from exporter.expectations import LinkFlow, Member, NetworkExpectation
@@ -98,10 +99,10 @@ class _AddressRule:
     src: tuple
     dst: tuple
     interfaces: tuple[Option, ...] = ()
-    # Its protocol and port matches with their deciders (iptables rules only): a link's
+    # Its protocol and port matches as (module, option) (iptables rules only): a link's
     # `--dport 80` rule touches the port 80 flows' client packets, never a reply (sent to an
     # ephemeral port) nor another port's flow.
-    ports: tuple = ()
+    ports: tuple[tuple[str, Option], ...] = ()
 
     def may_match_on(self, bridge: str) -> bool:
         return all(on_bridge(option, bridge) is not False for option in self.interfaces)
@@ -109,9 +110,7 @@ class _AddressRule:
     def may_touch(self, probe: Probe, reply: bool) -> bool:
         """Whether it may match the client's packets of the probe's flow (from an ephemeral
         port to the probe's), or with `reply` the replies (the other way round)."""
-        sport, dport = (probe.port, None) if reply else (None, probe.port)
-        packet = Packet("ipv4", _ANY, _ANY, "", "", probe.protocol, sport, dport)
-        return all(decide(option, packet, _NO_SETS) is not False for option, decide in self.ports)
+        return not self.ports or _ports_may_match(self.ports, probe.protocol, probe.port, reply)
 
     @property
     def key(self) -> tuple[str, object] | None:
@@ -203,12 +202,25 @@ _ANY = IPv4Address(0)
 _NO_SETS = MatchContext({})
 
 
-def _port_matches(rule: Rule) -> tuple:
+def _port_matches(rule: Rule) -> tuple[tuple[str, Option], ...]:
     return tuple(
-        (option, MATCHERS[(match.module, option.name)])
+        (match.module, option)
         for match in rule.matches
         for option in match.options
         if (match.module, option.name) in PORT_MATCHES
+    )
+
+
+@lru_cache(maxsize=4096)
+def _ports_may_match(
+    ports: tuple[tuple[str, Option], ...], protocol: str, port: int, reply: bool
+) -> bool:
+    """Cached: Docker's link rules for one port share their port matches."""
+    sport, dport = (port, None) if reply else (None, port)
+    packet = Packet("ipv4", _ANY, _ANY, "", "", protocol, sport, dport)
+    return all(
+        MATCHERS[(module, option.name)](option, packet, _NO_SETS) is not False
+        for module, option in ports
     )
 
 
