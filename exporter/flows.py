@@ -392,7 +392,7 @@ class NetworkFlows:
             else:
                 for member_id, value in (src or dst).items():
                     signatures[member_id].append((index, value))
-        named = set(touching) | {(parent, child) for parent, child, _port in self.links}
+        named = set(touching) | {(parent_id, child_id) for parent_id, child_id, _port in self.links}
         return {k: tuple(v) for k, v in signatures.items()}, touching, named
 
     def probes(self, target: Member) -> tuple[Probe, ...]:
