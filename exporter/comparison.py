@@ -7,9 +7,10 @@ state.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from bisect import bisect_left, bisect_right
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Iterator
-from ipaddress import ip_network
+from ipaddress import IPv4Address, ip_network
 
 from exporter.expectations import ExpectedRule, Member, NetworkExpectation
 from exporter.firewall.evaluate import unmodelled_docker_tables
@@ -20,6 +21,8 @@ from exporter.firewall.matches import (
     Packet,
     host_address,
     in_network,
+    on_bridge,
+    required_interface,
     side_of,
 )
 from exporter.firewall.nft import unsupported as unsupported_nft
@@ -102,6 +105,42 @@ class _Forward:
         self.icc_drop_bridges = {bridge for rule in rules if (bridge := _icc_drop_bridge(rule))}
         forward = ruleset.chain("filter", "FORWARD")
         self.policy_drops = forward is not None and forward.policy == "DROP"
+        # Indexes into accepts by the one interface the rule requires (None: any), and the IPv4
+        # hosts the rules name as (address, index), sorted: a network reads only the rules that
+        # may match on its bridge or name a host of its subnets (see concerning).
+        self.by_bridge: dict[str | None, list[int]] = defaultdict(list)
+        self.named_hosts: list[tuple[int, int]] = []
+        for index, (rule, _) in enumerate(self.accepts):
+            self.by_bridge[_required_bridge(rule)].append(index)
+            self.named_hosts += ((int(host), index) for host in _named_hosts(rule))
+        self.named_hosts.sort()
+
+    def concerning(self, network: Network) -> list[tuple[Rule, RuleIdentity]]:
+        """In path order, the ACCEPT rules that may match between the network's containers or
+        name a host of its subnets; any other one matches no packet between them (its interface
+        match is false on the bridge) and names no stale host."""
+        found = {*self.by_bridge.get(None, ()), *self.by_bridge.get(network.bridge, ())}
+        for subnet in network.subnets:
+            if subnet.version == 4:
+                low = bisect_left(self.named_hosts, (int(subnet.network_address), -1))
+                high = bisect_right(
+                    self.named_hosts, (int(subnet.broadcast_address), len(self.accepts))
+                )
+                found.update(index for _, index in self.named_hosts[low:high])
+        return [self.accepts[index] for index in sorted(found)]
+
+
+def _required_bridge(rule: Rule) -> str | None:
+    options = (o for o in rule.options("") if o.name in ("-i", "-o"))
+    return next(filter(None, map(required_interface, options)), None)
+
+
+def _named_hosts(rule: Rule) -> Iterator[IPv4Address]:
+    for option in rule.options(""):
+        if option.name in ("-s", "-d"):
+            host = host_address(option)
+            if isinstance(host, IPv4Address):
+                yield host
 
 
 def _icc_drop_bridge(rule: Rule) -> str | None:
@@ -133,7 +172,7 @@ class _IntraBridge:
 
     def matched_members(self, rule: Rule) -> tuple[list[Member], list[Member]] | None:
         """Sources and targets the rule may match, or None when it cannot match such a packet."""
-        if self.packet is None:
+        if self.packet is None or not self._on_bridge(rule):
             return None
         sources, targets = list(self.members), list(self.members)
         for match in rule.matches:
@@ -161,6 +200,16 @@ class _IntraBridge:
         if not sources or not targets or (len(sources) == 1 and sources == targets):
             return None
         return sources, targets
+
+    def _on_bridge(self, rule: Rule) -> bool:
+        """False when an interface match is false on the bridge: such a rule matches none of
+        these packets, whatever its address matches say (asked first: they cost a member each)."""
+        bridge = self.expectation.network.bridge
+        return all(
+            on_bridge(option, bridge) is not False
+            for option in rule.options("")
+            if option.name in ("-i", "-o")
+        )
 
     def _names_no_member(self, option: Option, decide: object) -> bool:
         """Whether the option allows one host only, and no member has it (an allow-list of
@@ -210,8 +259,14 @@ def rule_findings(
         missing: list[Finding] = []
         unexpected: list[Finding] = []
         if not network.icc:
-            missing = _missing_rules(network, expected_rules, present, firewall.primary_backend)
-            expected_ids = {rule_identity(e.rule) for e in expected_rules}
+            identities = [rule_identity(e.rule) for e in expected_rules]
+            missing = _missing_rules(
+                network,
+                zip(expected_rules, identities, strict=True),
+                present,
+                firewall.primary_backend,
+            )
+            expected_ids = set(identities)
             unexpected = _unexpected_rules(expectation, forwards, expected_ids, ctx)
             drop = _icc_drop_findings(expectation, forwards, firewall.primary_backend)
             findings.extend([*missing, *unexpected, *drop])
@@ -232,14 +287,14 @@ def rule_findings(
 
 def _missing_rules(
     network: Network,
-    expected_rules: Iterable[ExpectedRule],
+    expected_rules: Iterable[tuple[ExpectedRule, RuleIdentity]],
     present: set[RuleIdentity],
     primary: str | None,
 ) -> list[Finding]:
     """Docker's link rules that no FORWARD path of any backend holds."""
     findings = []
-    for expected in expected_rules:
-        if rule_identity(expected.rule) in present:
+    for expected, identity in expected_rules:
+        if identity in present:
             continue
         link = expected.link
         findings.append(Finding(
@@ -268,7 +323,7 @@ def _unexpected_rules(
     findings = []
     for forward in forwards:
         command = iptables_command(forward.ruleset.backend)
-        for rule, identity in forward.accepts:
+        for rule, identity in forward.concerning(network):
             if identity in expected_ids:
                 continue
             matched = intra.matched_members(rule)

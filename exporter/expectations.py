@@ -9,10 +9,11 @@ only (on user-defined networks --link only adds a DNS alias) and for IPv4 only.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 
 from exporter.firewall.rules import Match, Option, Rule, built_rule
-from exporter.model import Container, DockerState, ExposedPort, IPAddress, Network
+from exporter.model import Container, DockerState, Endpoint, ExposedPort, IPAddress, Network
 from exporter.report import ICC_POSTURE, IPTABLES_POSTURE, Finding
 
 
@@ -89,12 +90,10 @@ def _link_rule(source: str, target: str, bridge: str, port: ExposedPort, side: s
 
 def network_expectations(state: DockerState) -> tuple[NetworkExpectation, ...]:
     result = []
+    attached = _attached(state.containers)
     for network in state.networks:
         members: dict[str, list[Member]] = {"ipv4": [], "ipv6": []}
-        for container in state.containers:
-            endpoint = container.endpoint(network.id)
-            if endpoint is None:
-                continue
+        for container, endpoint in attached.get(network.id, ()):
             if endpoint.ipv4 is not None:
                 members["ipv4"].append(Member(container, endpoint.ipv4))
             if endpoint.ipv6 is not None:
@@ -119,6 +118,17 @@ def network_expectations(state: DockerState) -> tuple[NetworkExpectation, ...]:
             )
         )
     return tuple(result)
+
+
+def _attached(containers: tuple[Container, ...]) -> dict[str, list[tuple[Container, Endpoint]]]:
+    """Each network's containers in container order, with their endpoint there (the first, as
+    Container.endpoint): one pass over the containers, not one per network."""
+    found: dict[str, list[tuple[Container, Endpoint]]] = defaultdict(list)
+    for container in containers:
+        for endpoint in container.endpoints:
+            if container.endpoint(endpoint.network_id) is endpoint:
+                found[endpoint.network_id].append((container, endpoint))
+    return found
 
 
 def posture_findings(

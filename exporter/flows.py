@@ -9,9 +9,10 @@ SCTP flow when its first packet does (see flow_packets).
 A rule only distinguishes the containers whose addresses its matches name. So containers are
 grouped by how every address match that varies across the network treats them; rules whose source
 AND destination both vary (Docker's link rules, a hand-written ACCEPT between two containers)
-mark the few pairs they can touch as special, and those are evaluated one by one. Every other pair
-shares its groups' verdict: one evaluation per pair of groups, counted, and listed one by one only
-when the verdict is not the expected one (that is what the output needs).
+name a few pairs: those are listed one by one, and a flow of theirs that such a rule may touch
+(by its ports and direction) is evaluated alone. Every other flow shares its groups' verdict: one
+evaluation per pair of groups and probe, counted, and listed one by one only when the verdict is
+not the expected one (that is what the output needs).
 """
 
 from __future__ import annotations
@@ -19,21 +20,34 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
+from functools import lru_cache
+from ipaddress import IPv4Address
 
 from exporter.expectations import LinkFlow, Member, NetworkExpectation
-from exporter.firewall.evaluate import Decision, PathInputs, Verdict, evaluate_packet
+from exporter.firewall.evaluate import (
+    Decision,
+    PathInputs,
+    Verdict,
+    bridged_rules,
+    evaluate_packet,
+)
 from exporter.firewall.matches import (
     ADDRESS_OPTIONS,
     BRIDGE_ADDRESS_OPTIONS,
+    BRIDGE_INTERFACE_OPTIONS,
+    INTERFACE_OPTIONS,
+    MATCHERS,
     MatchContext,
     Packet,
     Tri,
     host_address,
     in_network,
+    on_bridge,
+    required_interface,
     side_of,
 )
 from exporter.firewall.nft import AddressMatch, address_matches
-from exporter.firewall.rules import Rule, Ruleset
+from exporter.firewall.rules import Option, Rule, Ruleset
 from exporter.model import ExposedPort, IPAddress
 from exporter.report import Flow, FlowCount
 
@@ -78,10 +92,37 @@ class Probe:
 
 @dataclass(frozen=True)
 class _AddressRule:
-    """The address matches of one rule, split by the side they look at."""
+    """The address matches of one rule, split by the side they look at, and its interface
+    matches: every packet of a flow enters and leaves by the network's bridge, so a rule whose
+    interface match is false there (`! -i docker0`, `-o br-other`) splits no members of it."""
 
     src: tuple
     dst: tuple
+    interfaces: tuple[Option, ...] = ()
+    # Its protocol and port matches as (module, option) (iptables rules only): a link's
+    # `--dport 80` rule touches the port 80 flows' client packets, never a reply (sent to an
+    # ephemeral port) nor another port's flow.
+    ports: tuple[tuple[str, Option], ...] = ()
+
+    def may_match_on(self, bridge: str) -> bool:
+        return all(on_bridge(option, bridge) is not False for option in self.interfaces)
+
+    def may_touch(self, probe: Probe, reply: bool) -> bool:
+        """Whether it may match the client's packets of the probe's flow (from an ephemeral
+        port to the probe's), or with `reply` the replies (the other way round)."""
+        return not self.ports or _ports_may_match(self.ports, probe.protocol, probe.port, reply)
+
+    @property
+    def key(self) -> tuple[str, object] | None:
+        """("host", H) when an address match allows host H only (fail2ban's and Docker's
+        per-host rules): it matches no member of a network without H. Else ("bridge", B) when
+        the rule requires interface B (Docker's per-network rules). Else None."""
+        for option, decide in self.src + self.dst:
+            host = _host(option, decide)
+            if host is not None and not option.negated:
+                return "host", host
+        bridge = next(filter(None, map(required_interface, self.interfaces)), None)
+        return None if bridge is None else ("bridge", bridge)
 
 
 def probe_port(rulesets: Iterable[Ruleset]) -> int:
@@ -122,14 +163,20 @@ def _rules(ruleset: Ruleset) -> Iterator[Rule]:
 
 
 def _address_rules(rulesets: Iterable[Ruleset]) -> list[_AddressRule]:
+    """The address matches of every rule a bridged packet may meet: rules in chains only INPUT
+    or OUTPUT reach never see one, so they must not split members into groups."""
     found = []
     for ruleset in rulesets:
-        table = BRIDGE_ADDRESS_OPTIONS if ruleset.family == "bridge" else ADDRESS_OPTIONS
-        for rule in _rules(ruleset):
-            src, dst = [], []
+        bridge = ruleset.family == "bridge"
+        table = BRIDGE_ADDRESS_OPTIONS if bridge else ADDRESS_OPTIONS
+        interface_keys = BRIDGE_INTERFACE_OPTIONS if bridge else INTERFACE_OPTIONS
+        for rule in bridged_rules(ruleset):
+            src, dst, interfaces = [], [], []
             for match in rule.matches:
                 for option in match.options:
                     key = (match.module, option.name)
+                    if key in interface_keys and not rule.error:
+                        interfaces.append(option)
                     if key not in table:
                         continue
                     side = side_of(match.module, option, table)
@@ -141,8 +188,40 @@ def _address_rules(rulesets: Iterable[Ruleset]) -> list[_AddressRule]:
                     else:  # a set over both or neither: treat as naming both sides, unknown
                         src.append((option, lambda o, a, c: None))
             if src or dst:
-                found.append(_AddressRule(tuple(src), tuple(dst)))
+                ports = () if bridge or rule.error else _port_matches(rule)
+                found.append(_AddressRule(tuple(src), tuple(dst), tuple(interfaces), ports))
     return found
+
+
+# iptables matches that read nothing but a packet's protocol and ports. ARP frames, the only
+# flow packets without them, never meet iptables.
+PORT_MATCHES = {("", "-p")} | {
+    key for key in MATCHERS if key[0] in ("tcp", "udp", "sctp", "multiport") and "port" in key[1]
+}
+_ANY = IPv4Address(0)
+_NO_SETS = MatchContext({})
+
+
+def _port_matches(rule: Rule) -> tuple[tuple[str, Option], ...]:
+    return tuple(
+        (match.module, option)
+        for match in rule.matches
+        for option in match.options
+        if (match.module, option.name) in PORT_MATCHES
+    )
+
+
+@lru_cache(maxsize=4096)
+def _ports_may_match(
+    ports: tuple[tuple[str, Option], ...], protocol: str, port: int, reply: bool
+) -> bool:
+    """Cached: Docker's link rules for one port share their port matches."""
+    sport, dport = (port, None) if reply else (None, port)
+    packet = Packet("ipv4", _ANY, _ANY, "", "", protocol, sport, dport)
+    return all(
+        MATCHERS[(module, option.name)](option, packet, _NO_SETS) is not False
+        for module, option in ports
+    )
 
 
 def _native_address_rules(found: list[tuple[AddressMatch, ...]]) -> list[_AddressRule]:
@@ -167,6 +246,9 @@ class FamilyRules:
     rulesets: tuple[Ruleset, ...]
     probe: int
     address_rules: tuple[_AddressRule, ...]
+    # Indexes into address_rules by their key (_AddressRule.key): a network reads the rules of
+    # its own bridge and members and the general ones, not every rule (networks x rules).
+    by_key: dict[tuple[str, object] | None, list[int]]
 
     @classmethod
     def of(cls, inputs: PathInputs, family: str) -> FamilyRules:
@@ -175,7 +257,29 @@ class FamilyRules:
             rulesets += (inputs.firewall.bridge,)
         nft = inputs.firewall.nftables
         native = _native_address_rules(address_matches(nft.native)) if nft else []
-        return cls(rulesets, probe_port(rulesets), tuple(_address_rules(rulesets) + native))
+        address_rules = tuple(_address_rules(rulesets) + native)
+        by_key: dict[tuple[str, object] | None, list[int]] = defaultdict(list)
+        for index, rule in enumerate(address_rules):
+            by_key[rule.key].append(index)
+        return cls(rulesets, probe_port(rulesets), address_rules, dict(by_key))
+
+    def concerning(
+        self, bridge: str, members: tuple[Member, ...]
+    ) -> Iterator[tuple[int, _AddressRule]]:
+        """In order, the address rules that may match a packet between members of `bridge`."""
+        keys = [None, ("bridge", bridge), *{("host", m.address) for m in members}]
+        found = sorted(index for key in keys for index in self.by_key.get(key, ()))
+        for index in found:
+            rule = self.address_rules[index]
+            if rule.may_match_on(bridge):
+                yield index, rule
+
+
+def _host(option: Option | AddressMatch, decide: object) -> IPAddress | None:
+    """The one address an address match names (negated or not), if it names exactly one."""
+    if isinstance(option, AddressMatch):
+        return option.host
+    return host_address(option) if decide is in_network else None
 
 
 def _and(a: Tri, b: Tri) -> Tri:
@@ -211,10 +315,7 @@ class _Sides:
         return default, exceptions
 
     def _one(self, option, decide) -> tuple[Tri, dict[str, Tri]]:
-        if isinstance(option, AddressMatch):
-            host = option.host
-        else:
-            host = host_address(option) if decide is in_network else None
+        host = _host(option, decide)
         if host is not None:
             hit = not option.negated
             return (not hit), {i: hit for i in self.by_address.get(host, ())}
@@ -231,6 +332,11 @@ class _Sides:
             for m in self.members
             if exceptions.get(m.container.id, default) is not False
         ]
+
+
+# By ordered pair of container ids: the rules whose both sides vary that name it, each with
+# whether it names the pair through the replies of the reverse flow.
+_Touching = dict[tuple[str, str], list[tuple[_AddressRule, bool]]]
 
 
 class NetworkFlows:
@@ -251,8 +357,9 @@ class NetworkFlows:
         self.list_all = list_all
         self.members = expectation.members.get(family, ())
         self.rules = rules or FamilyRules.of(inputs, family)
-        self.ctx = MatchContext(inputs.firewall.ipsets)
+        self.ctx = inputs.match_context()
         self.probe = self.rules.probe
+        self.arp = inputs.decides_arp()
         self.links: dict[tuple[str, str, ExposedPort], LinkFlow] = (
             {
                 (lf.parent.container.id, lf.child.container.id, lf.port): lf
@@ -264,12 +371,14 @@ class NetworkFlows:
 
     # -- grouping ------------------------------------------------------------------------------
 
-    def _classify(self) -> tuple[dict[str, tuple], set[tuple[str, str]]]:
-        """Each member's signature and the special pairs (by container id)."""
+    def _classify(self) -> tuple[dict[str, tuple], _Touching, set[tuple[str, str]]]:
+        """Each member's signature; by pair, the rules whose both sides vary that may touch its
+        flows (and whether through the replies); and the pairs listed one by one: those, both
+        ways round (the order the output has always had), and the links (by container id)."""
         signatures: dict[str, list] = {m.container.id: [] for m in self.members}
-        special: set[tuple[str, str]] = set()
+        touching: _Touching = defaultdict(list)
         sides = _Sides(self.members, self.ctx)
-        for index, rule in enumerate(self.rules.address_rules):
+        for index, rule in self.rules.concerning(self.network.bridge, self.members):
             src_default, src = sides.values(rule.src)
             dst_default, dst = sides.values(rule.dst)
             if (src_default is False and not src) or (dst_default is False and not dst):
@@ -278,14 +387,13 @@ class NetworkFlows:
                 for a in sides.possible(src_default, src):
                     for b in sides.possible(dst_default, dst):
                         if a != b:
-                            special.add((a, b))
-                            special.add((b, a))  # the reply packet of b -> a
+                            touching[(a, b)].append((rule, False))
+                            touching[(b, a)].append((rule, True))  # the replies of b -> a
             else:
                 for member_id, value in (src or dst).items():
                     signatures[member_id].append((index, value))
-        for parent_id, child_id, _port in self.links:
-            special.add((parent_id, child_id))
-        return {k: tuple(v) for k, v in signatures.items()}, special
+        named = set(touching) | {(parent_id, child_id) for parent_id, child_id, _port in self.links}
+        return {k: tuple(v) for k, v in signatures.items()}, touching, named
 
     def probes(self, target: Member) -> tuple[Probe, ...]:
         """Every exposed port, and a TCP and a UDP probe on a port no rule names: a hole for a
@@ -307,7 +415,7 @@ class NetworkFlows:
             self.network.bridge,
             probe.protocol,
             probe.port,
-            arp=self.inputs.decides_arp(),
+            arp=self.arp,
         )
         decisions = [evaluate_packet(packet, self.inputs) for packet in packets]
         for decision in decisions:
@@ -352,17 +460,43 @@ class NetworkFlows:
         counts: Counter = Counter()
         if len(self.members) < 2:
             return listed, counts
-        signatures, special = self._classify()
-        by_id = {m.container.id: m for m in self.members}
+        signatures, touching, named = self._classify()
+        shared = _GroupVerdicts(self, signatures)
+        self._named_flows(named, touching, shared, listed, counts)
+        self._group_flows(signatures, named, shared, listed, counts)
+        return listed, counts
 
-        for source_id, target_id in sorted(special):
+    def _named_flows(
+        self,
+        named: set[tuple[str, str]],
+        touching: _Touching,
+        shared: _GroupVerdicts,
+        listed: list[Flow],
+        counts: Counter,
+    ) -> None:
+        """The named pairs one by one. A flow that a rule naming both sides may touch is
+        decided alone; any other shares its groups' verdict."""
+        by_id = {m.container.id: m for m in self.members}
+        for source_id, target_id in sorted(named):
             source, target = by_id[source_id], by_id[target_id]
+            rules = touching.get((source_id, target_id), ())
             for probe in self.probes(target):
-                flow = self._flow(source, target, probe, self.decide(source, target, probe))
+                alone = any(rule.may_touch(probe, reply) for rule, reply in rules)
+                decide = self.decide if alone else shared.decide
+                flow = self._flow(source, target, probe, decide(source, target, probe))
                 counts[(flow.expected, flow.actual)] += 1
                 if self.list_all or flow.link or flow.expected != flow.actual:
                     listed.append(flow)
 
+    def _group_flows(
+        self,
+        signatures: dict[str, tuple],
+        named: set[tuple[str, str]],
+        shared: _GroupVerdicts,
+        listed: list[Flow],
+        counts: Counter,
+    ) -> None:
+        """Every other pair, counted by groups; listed one by one only when unexpected."""
         sources: dict[tuple, list[Member]] = defaultdict(list)
         targets: dict[tuple, list[Member]] = defaultdict(list)
         for member in self.members:
@@ -371,44 +505,56 @@ class NetworkFlows:
             targets[(signature, self.probes(member))].append(member)
         for source_group in sources.values():
             for (_, probes), target_group in targets.items():
-                pairs = self._generic_pairs(source_group, target_group, special)
+                pairs = self._generic_pairs(source_group, target_group, named)
                 representative = next(pairs, None)
                 if representative is None:
                     continue
                 source, target = representative
                 for probe in probes:
-                    decision = self.decide(source, target, probe)
+                    decision = shared.decide(source, target, probe)
                     flow = self._flow(source, target, probe, decision)
                     key = (flow.expected, flow.actual)
                     if self.list_all or flow.expected != flow.actual:
-                        for s, t in self._generic_pairs(source_group, target_group, special):
+                        for s, t in self._generic_pairs(source_group, target_group, named):
                             listed.append(self._flow(s, t, probe, decision))
                             counts[key] += 1
                     else:
-                        counts[key] += self._count_generic(source_group, target_group, special)
-        return listed, counts
+                        counts[key] += self._count_generic(source_group, target_group, named)
 
     @staticmethod
     def _generic_pairs(
-        sources: list[Member], targets: list[Member], special: set[tuple[str, str]]
+        sources: list[Member], targets: list[Member], named: set[tuple[str, str]]
     ) -> Iterator[tuple[Member, Member]]:
         for source in sources:
             for target in targets:
-                if (
-                    source is not target
-                    and (source.container.id, target.container.id) not in special
-                ):
+                if source is not target and (source.container.id, target.container.id) not in named:
                     yield source, target
 
     @staticmethod
     def _count_generic(
-        sources: list[Member], targets: list[Member], special: set[tuple[str, str]]
+        sources: list[Member], targets: list[Member], named: set[tuple[str, str]]
     ) -> int:
         source_ids = {m.container.id for m in sources}
         target_ids = {m.container.id for m in targets}
         total = len(source_ids) * len(target_ids) - len(source_ids & target_ids)
-        total -= sum(1 for a, b in special if a in source_ids and b in target_ids)
+        total -= sum(1 for a, b in named if a in source_ids and b in target_ids)
         return total
+
+
+class _GroupVerdicts:
+    """The verdict a flow no rule naming both sides touches shares with every such flow between
+    the same groups: decided once per pair of signatures and probe."""
+
+    def __init__(self, flows: NetworkFlows, signatures: dict[str, tuple]) -> None:
+        self.flows = flows
+        self.signatures = signatures
+        self.decisions: dict[tuple, Decision] = {}
+
+    def decide(self, source: Member, target: Member, probe: Probe) -> Decision:
+        key = (self.signatures[source.container.id], self.signatures[target.container.id], probe)
+        if key not in self.decisions:
+            self.decisions[key] = self.flows.decide(source, target, probe)
+        return self.decisions[key]
 
 
 def evaluate_flows(

@@ -14,6 +14,7 @@ the packet after them is not the one asked about.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from heapq import merge
@@ -27,6 +28,7 @@ from exporter.firewall.matches import (
     Tri,
     conntrack_without_entry,
     host_address,
+    required_interface,
 )
 from exporter.firewall.nft import (
     BRIDGED_HOOKS,
@@ -37,7 +39,6 @@ from exporter.firewall.nft import (
 )
 from exporter.firewall.rules import Chain, Rule, Ruleset
 from exporter.firewall.state import FirewallState, NftablesInfo
-from exporter.model import IPAddress
 from exporter.verdict import Verdict
 
 
@@ -107,6 +108,23 @@ MAX_DEPTH = 64
 MARK_TARGETS = {"MARK", "CONNMARK", "mark"}
 
 
+def bridged_rules(ruleset: Ruleset) -> Iterator[Rule]:
+    """Every rule a bridged packet may meet: those of the chains its hooks walk (XTABLES_STAGES)
+    and of the chains they jump to. Rules that only INPUT and OUTPUT reach are left out."""
+    layer = "bridge" if ruleset.family == "bridge" else "ip"
+    pending = deque((s.table, s.chain) for s in XTABLES_STAGES if s.layer == layer)
+    seen = set(pending)
+    while pending:
+        table, name = pending.popleft()
+        chain = ruleset.chain(table, name)
+        for rule in chain.rules if chain else ():
+            yield rule
+            called = (table, rule.target)
+            if rule.target and called not in seen and ruleset.chain(*called) is not None:
+                seen.add(called)
+                pending.append(called)
+
+
 @dataclass(frozen=True)
 class Decision:
     verdict: Verdict
@@ -120,44 +138,62 @@ class _Outcome:
     reason: str
 
 
-class _HostIndex:
-    """A chain's rules by the one source or destination host they require (`-s H/32`, `-d H`).
+class _ChainIndex:
+    """A chain's rules by the one host or interface they require (`-s H/32`, `-d H`, `-i br0`,
+    `-o br0`).
 
-    Docker writes a pair of such rules per link, all in one chain: without the index every packet
-    reads every link's rules, links x links per check. A rule that requires another host cannot
-    match (in_network says False), so skipping it changes nothing.
+    Docker writes a pair of rules per link and a few rules per bridge network, each naming one
+    host or bridge, all in the same chains: without the index every packet reads every link's
+    and every network's rules, links x links and networks x networks per check. A rule that
+    requires another host or interface cannot match (in_network or the interface match says
+    False, and one False option makes the rule False), so skipping it changes nothing.
     """
 
     def __init__(self, chain: Chain) -> None:
         self.rules = chain.rules
         self.general: list[int] = []
-        self.by_host: dict[tuple[str, IPAddress], list[int]] = {}
+        self.by_key: dict[tuple[str, object], list[int]] = {}
         for index, rule in enumerate(chain.rules):
-            required = _required_host(rule)
+            required = _required_key(rule)
             if required is None:
                 self.general.append(index)
             else:
-                self.by_host.setdefault(required, []).append(index)
+                self.by_key.setdefault(required, []).append(index)
+        self.general_rules = tuple(self.rules[i] for i in self.general)
 
     def candidates(self, packet: Packet) -> Iterator[Rule]:
         """In chain order, every rule that may match the packet."""
-        if not self.by_host:
+        if not self.by_key:
             return iter(self.rules)
-        by_src = self.by_host.get(("-s", packet.src), ())
-        by_dst = self.by_host.get(("-d", packet.dst), ())
-        return (self.rules[i] for i in merge(self.general, by_src, by_dst))
+        keys = (
+            ("-s", packet.src),
+            ("-d", packet.dst),
+            ("-i", packet.in_iface),
+            ("-o", packet.out_iface),
+        )
+        found = [self.by_key[key] for key in keys if key in self.by_key]
+        if not found:
+            return iter(self.general_rules)
+        return (self.rules[i] for i in merge(self.general, *found))
 
 
-def _required_host(rule: Rule) -> tuple[str, IPAddress] | None:
-    """("-s"|"-d", address) when a builtin address option allows only that host."""
+def _required_key(rule: Rule) -> tuple[str, object] | None:
+    """("-s"|"-d", address) when a builtin address option allows only that host, else
+    ("-i"|"-o", name) when a builtin interface option allows only that interface."""
     if rule.error:
         return None  # undecidable whatever it names: rule_matches must see it
+    interface = None
     for option in rule.options(""):
-        if option.name in ("-s", "-d") and not option.negated:
+        if option.negated:
+            continue
+        if option.name in ("-s", "-d"):
             address = host_address(option)
             if address is not None:
                 return option.name, address
-    return None
+        elif option.name in ("-i", "-o") and interface is None:
+            name = required_interface(option)
+            interface = (option.name, name) if name is not None else None
+    return interface
 
 
 @dataclass
@@ -167,8 +203,8 @@ class _Walk:
     packet: Packet
     ctx: MatchContext
     matchers: dict
-    # Host indexes by chain name, shared by every packet of a check (see PathInputs.indexes).
-    indexes: dict[str, _HostIndex]
+    # Chain indexes by chain name, shared by every packet of a check (see PathInputs.indexes).
+    indexes: dict[str, _ChainIndex]
     undecided: list[str] = field(default_factory=list)
     # Outcomes of chains already walked for this packet, by (chain, depth). A chain reached from
     # many rules (a diamond of jumps) is walked once, so one packet costs at most one pass over
@@ -277,7 +313,7 @@ def _candidates(walk: _Walk, chain: Chain) -> Iterator[Rule]:
         return iter(chain.rules)  # ebtables' -s and -d are MAC addresses
     index = walk.indexes.get(chain.name)
     if index is None:
-        index = walk.indexes[chain.name] = _HostIndex(chain)
+        index = walk.indexes[chain.name] = _ChainIndex(chain)
     return index.candidates(walk.packet)
 
 
@@ -302,11 +338,11 @@ def walk_stage(
     chain_name: str,
     packet: Packet,
     ctx: MatchContext,
-    indexes: dict[str, _HostIndex] | None = None,
+    indexes: dict[str, _ChainIndex] | None = None,
 ) -> tuple[list[_Outcome], list[str]]:
     """Outcomes of one hook in one ruleset, and the rules that could not be decided.
 
-    `indexes`: host indexes of this ruleset's table, kept by the caller to reuse across packets.
+    `indexes`: chain indexes of this ruleset's table, kept by the caller to reuse across packets.
     """
     chain = ruleset.chain(table, chain_name)
     if chain is None:
@@ -327,19 +363,40 @@ class PathInputs:
     call_ip6tables: int | None
     # Families whose iptables rules could not be read: nothing is decided for them.
     unreadable: frozenset[str] = frozenset()
-    # Host indexes by (id of a ruleset of `firewall`, table): built on first use, then shared by
+    # Chain indexes by (id of a ruleset of `firewall`, table): built on first use, then shared by
     # every packet of the check. Ids are stable: `firewall` keeps its rulesets alive.
-    indexes: dict[tuple[int, str], dict[str, _HostIndex]] = field(
+    indexes: dict[tuple[int, str], dict[str, _ChainIndex]] = field(
         default_factory=dict, compare=False, repr=False
     )
     # The ordered stages by packet family, built on first use (see stages).
     stage_lists: dict[str, list[Stage]] = field(default_factory=dict, compare=False, repr=False)
+    # Each ipset's members parsed once per check (MatchContext.set_members).
+    set_members: dict = field(default_factory=dict, compare=False, repr=False)
+    # Facts about the whole firewall that every packet asks (blocker, bridge_empty), worked out
+    # on first use: each reads every table or rule.
+    facts: dict[object, object] = field(default_factory=dict, compare=False, repr=False)
 
-    def table_indexes(self, ruleset: Ruleset, table: str) -> dict[str, _HostIndex]:
+    def match_context(self) -> MatchContext:
+        return MatchContext(self.firewall.ipsets, set_members=self.set_members)
+
+    def table_indexes(self, ruleset: Ruleset, table: str) -> dict[str, _ChainIndex]:
         return self.indexes.setdefault((id(ruleset), table), {})
 
     def blocker(self, family: str) -> str | None:
         """A reason why nothing can be decided for this family, or None."""
+        key = ("blocker", family)
+        if key not in self.facts:
+            self.facts[key] = self._blocker(family)
+        return self.facts[key]  # type: ignore[return-value]
+
+    def bridge_empty(self) -> bool:
+        """Whether ebtables, read, decides nothing (see Ruleset.empty)."""
+        if "bridge_empty" not in self.facts:
+            bridge = self.firewall.bridge
+            self.facts["bridge_empty"] = bridge is not None and bridge.empty
+        return self.facts["bridge_empty"]  # type: ignore[return-value]
+
+    def _blocker(self, family: str) -> str | None:
         if family in self.unreadable:
             return f"{'ip6tables' if family == 'ipv6' else 'iptables'} rules could not be read"
         nft = self.firewall.nftables
@@ -362,8 +419,7 @@ class PathInputs:
     def decides_arp(self) -> bool:
         """Whether any chain may stop an ARP frame: ebtables unread or not empty, or a native
         bridge-family chain that does more than accept. Only then are ARP frames worth walking."""
-        bridge = self.firewall.bridge
-        if bridge is None or not bridge.empty:
+        if not self.bridge_empty():
             return True
         nft = self.firewall.nftables
         return nft is not None and any(
@@ -445,7 +501,7 @@ def evaluate_packet(packet: Packet, inputs: PathInputs) -> Decision:
     blocker = inputs.blocker(packet.family)
     if blocker:
         return Decision(Verdict.UNKNOWN, blocker)
-    ctx = MatchContext(inputs.firewall.ipsets)
+    ctx = inputs.match_context()
     call = inputs.call_iptables if packet.family == "ipv4" else inputs.call_ip6tables
     bridge = inputs.firewall.bridge
     native = inputs.firewall.nftables.native if inputs.firewall.nftables else NftRuleset()
@@ -468,10 +524,12 @@ def evaluate_packet(packet: Packet, inputs: PathInputs) -> Decision:
             if bridge is None:
                 path.maybe("ebtables rules could not be read")
                 continue
-            rulesets: tuple[Ruleset, ...] = () if bridge.empty else (bridge,)
+            rulesets: tuple[Ruleset, ...] = () if inputs.bridge_empty() else (bridge,)
         else:
             rulesets = inputs.firewall.for_family(packet.family)
         for ruleset in rulesets:
+            if _absent(ruleset, stage) and path.mark is None:
+                continue  # it accepts, and only a filter ACCEPT is named as the reason
             indexes = inputs.table_indexes(ruleset, stage.table)
             outcomes, undecided = walk_stage(
                 ruleset, stage.table, stage.chain, packet, ctx, indexes
@@ -481,6 +539,11 @@ def evaluate_packet(packet: Packet, inputs: PathInputs) -> Decision:
             if not path.stage(outcomes, undecided, stage.table):
                 return path.conclude(alive=False)
     return path.conclude(alive=True)
+
+
+def _absent(ruleset: Ruleset, stage: Stage) -> bool:
+    """A chain other than filter's that the ruleset does not have: walking it changes nothing."""
+    return stage.table != "filter" and ruleset.chain(stage.table, stage.chain) is None
 
 
 def _nat_only(stage: Stage) -> bool:

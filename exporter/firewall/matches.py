@@ -11,7 +11,7 @@ alone, to group containers that every rule treats alike.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from ipaddress import ip_address, ip_network
 from typing import Literal
@@ -62,6 +62,11 @@ class MatchContext:
     # The builtin chain and table being walked (PREROUTING, raw, ...); "" when not walking one.
     hook: str = ""
     table: str = ""
+    # Each set's members parsed once, by set name (see _in_set): shared by every context made
+    # from this one with replace(), and by every packet of a check that passes the same dict.
+    set_members: dict[str, SetMembers | None] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
 
 Decider = Callable[[Option, Packet, MatchContext], Tri]
@@ -126,6 +131,79 @@ def _in_range(option: Option, address: IPAddress, _: MatchContext) -> Tri:
     return _negate(option, first <= address <= last)  # type: ignore[operator]
 
 
+@dataclass(frozen=True)
+class SetMembers:
+    """An address set's members parsed once: a set match is asked about every container and
+    every packet, and parsing each member again each time was most of a check on real hosts.
+
+    `hosts` and `networks` hold every member when all are addresses or prefixes (the order of
+    members does not matter then). Otherwise `ordered` keeps each member as parsed, in order, for
+    the member-by-member scan whose first hit or first unreadable member decides."""
+
+    hosts: frozenset[IPAddress] = frozenset()
+    networks: tuple[IPNetwork, ...] = ()
+    # (network, None), ((low, high), None) for a range, or (None, None) for an unreadable member.
+    ordered: tuple | None = None
+
+    def contains(self, address: IPAddress) -> Tri:
+        if self.ordered is None:
+            return address in self.hosts or any(
+                network.version == address.version and address in network
+                for network in self.networks
+            )
+        return _scan(self.ordered, address)
+
+
+def _scan(members: tuple, address: IPAddress) -> Tri:
+    """Member by member, in the order the set lists them: the first hit or unreadable member
+    decides."""
+    for network, bounds in members:
+        if network is not None:
+            if network.version == address.version and address in network:
+                return True
+            continue
+        if bounds is None:
+            return None
+        try:
+            if bounds[0] <= address <= bounds[1]:
+                return True
+        except TypeError:  # a range of the other family
+            return None
+    return False
+
+
+def _parse_members(found: IPSet) -> SetMembers | None:
+    """None when the set's entries need more than an address to decide."""
+    if found.type not in ("hash:ip", "hash:net", "bitmap:ip"):
+        return None  # multi-dimension sets (ip,port ...) need more than an address
+    if any(" " in member for member in found.members):
+        return None  # nomatch entries and member options: not decided here
+    ordered = []
+    for member in found.members:
+        try:
+            ordered.append((ip_network(member, strict=False), None))
+        except ValueError:
+            ordered.append((None, _range(member)))
+    if all(network is not None for network, _ in ordered):
+        networks = [network for network, _ in ordered]
+        return SetMembers(
+            hosts=frozenset(n.network_address for n in networks if n.num_addresses == 1),
+            networks=tuple(n for n in networks if n.num_addresses != 1),
+        )
+    return SetMembers(ordered=tuple(ordered))
+
+
+def _range(member: str) -> tuple[IPAddress, IPAddress] | None:
+    """A bitmap/hash range "a-b"; None for anything else."""
+    if "-" not in member:
+        return None
+    low, high = member.split("-", 1)
+    try:
+        return ip_address(low), ip_address(high)
+    except ValueError:
+        return None
+
+
 def _in_set(option: Option, address: IPAddress, ctx: MatchContext) -> Tri:
     if ctx.ipsets is None or len(option.args) != 2:
         return None
@@ -133,29 +211,10 @@ def _in_set(option: Option, address: IPAddress, ctx: MatchContext) -> Tri:
     found = ctx.ipsets.get(name)
     if found is None or not found.type.startswith(("hash:ip", "hash:net", "bitmap:ip")):
         return None
-    if found.type not in ("hash:ip", "hash:net", "bitmap:ip"):
-        return None  # multi-dimension sets (ip,port ...) need more than an address
-    if any(" " in member for member in found.members):
-        return None  # nomatch entries and member options: not decided here
-    member_of = False
-    for member in found.members:
-        try:
-            network = ip_network(member, strict=False)
-        except ValueError:
-            if "-" in member:  # bitmap/hash ranges "a-b"
-                low, high = member.split("-", 1)
-                try:
-                    if ip_address(low) <= address <= ip_address(high):  # type: ignore[operator]
-                        member_of = True
-                        break
-                except (ValueError, TypeError):
-                    return None
-                continue
-            return None
-        if network.version == address.version and address in network:
-            member_of = True
-            break
-    return _negate(option, member_of)
+    if name not in ctx.set_members:
+        ctx.set_members[name] = _parse_members(found)
+    members = ctx.set_members[name]
+    return None if members is None else _negate(option, members.contains(address))
 
 
 def _set_side(option: Option) -> Side | None:
@@ -220,6 +279,27 @@ def _iface(which: Literal["in", "out"]) -> Decider:
         return _negate(option, _iface_matches(pattern, name))
 
     return decider
+
+
+# The options naming the interfaces a packet enters and leaves by (the bridge for a bridged
+# packet; ebtables' -i and -o name bridge ports, --logical-in and --logical-out the bridge).
+INTERFACE_OPTIONS = {("", "-i"), ("", "-o")}
+BRIDGE_INTERFACE_OPTIONS = {("", "--logical-in"), ("", "--logical-out")}
+
+
+def required_interface(option: Option) -> str | None:
+    """The one interface an interface option allows; None when it allows more (negated, or a
+    wildcard such as `veth+`)."""
+    if option.negated or len(option.args) != 1 or option.args[0] == "!":
+        return None
+    name = option.args[0]
+    return None if name.endswith("+") else name
+
+
+def on_bridge(option: Option, bridge: str) -> Tri:
+    """What an interface option decides for a packet that enters and leaves by `bridge`."""
+    pattern = _arg(option)
+    return None if pattern is None else _negate(option, _iface_matches(pattern, bridge))
 
 
 def _protocol(option: Option, packet: Packet, _: MatchContext) -> Tri:

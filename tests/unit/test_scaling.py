@@ -9,15 +9,18 @@ from ipaddress import IPv4Address, ip_address
 
 import pytest
 
+import exporter.comparison as comparison_module
+import exporter.firewall.matches as matches_module
+import exporter.flows as flows_module
 from exporter.comparison import rule_findings
 from exporter.expectations import network_expectations
 from exporter.firewall.evaluate import PathInputs, Verdict, evaluate_packet
 from exporter.firewall.matches import MATCHERS, Packet
 from exporter.firewall.parse import parse_ebtables_save, parse_iptables_save
-from exporter.firewall.rules import Chain, Ruleset, Table
+from exporter.firewall.rules import Chain, IPSet, Ruleset, Table
 from exporter.firewall.state import FirewallState
 from exporter.flows import evaluate_flows
-from exporter.model import DockerState
+from exporter.model import Container, DockerState
 from tests.unit import layouts as L
 
 EMPTY_EBTABLES = "*filter\n:FORWARD ACCEPT\n"
@@ -250,3 +253,208 @@ def test_an_allow_list_of_remote_hosts_is_not_checked_against_every_member() -> 
     assert {(f.kind, f.network) for f in findings} == {("unexpected_accept_rule", "net3")}
     # Asking every member of every network about every rule: 20 x 1,000 x 10 reads.
     assert CountingAddress.reads <= 10 * networks * members
+
+
+# ---- issue #9: many containers on one host with real-host rules --------------------------------
+
+
+def counting_packets(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the packets flows.py walks through the rules."""
+    walked = [0]
+    walk = flows_module.evaluate_packet
+
+    def counted(packet, inputs):
+        walked[0] += 1
+        return walk(packet, inputs)
+
+    monkeypatch.setattr(flows_module, "evaluate_packet", counted)
+    return walked
+
+
+def docker28_host(containers: int, extra_rules: str, extra_chains: str = "") -> str:
+    """Docker 28's layout for `containers` containers on docker0 (icc off, no links), with
+    `extra_rules` appended to table filter and `extra_chains` declared."""
+    text = (L.LAYOUTS / "docker28-icc-false-link.rules").read_text()
+    text = "\n".join(line for line in text.splitlines() if "-s 172.17.0." not in line) + "\n"
+    text = text.replace(":DOCKER-USER - [0:0]\n", ":DOCKER-USER - [0:0]\n" + extra_chains, 1)
+    return text.replace("COMMIT", extra_rules + "COMMIT", 1)
+
+
+def bridge_members(containers: int) -> DockerState:
+    bridge = L.network("bridge", "docker0", False, "172.16.0.0/12", default=True)
+    base = int(IPv4Address("172.17.0.2"))
+    made = tuple(
+        L.container(f"c{i}", bridge, str(IPv4Address(base + i)), exposed=("80/tcp",))
+        for i in range(containers)
+    )
+    return DockerState("test", (bridge,), made)
+
+
+def path_inputs(text: str, ipsets: dict | None = None) -> PathInputs:
+    ruleset = parse_iptables_save(text, "ipv4", "nft")
+    firewall = FirewallState(
+        rulesets=(ruleset,), bridge=parse_ebtables_save(EMPTY_EBTABLES), ipsets=ipsets or {}
+    )
+    return PathInputs(firewall, call_iptables=1, call_ip6tables=1)
+
+
+def test_rules_no_bridged_packet_between_members_can_match_do_not_split_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    containers = 40
+    base = int(IPv4Address("172.17.0.2"))
+    published = "".join(
+        f"-A DOCKER -d {IPv4Address(base + i)}/32 ! -i docker0 -o docker0 -p tcp -m tcp "
+        f"--dport 80 -j ACCEPT\n"
+        for i in range(containers)
+    )
+    banned = "".join(
+        f"-A f2b-sshd -s {IPv4Address(base + i)}/32 -j REJECT\n" for i in range(containers)
+    )
+    text = docker28_host(
+        containers,
+        published + "-A INPUT -p tcp -m tcp --dport 22 -j f2b-sshd\n" + banned,
+        ":f2b-sshd - [0:0]\n",
+    )
+    walked = counting_packets(monkeypatch)
+
+    flows, counts = evaluate_flows(
+        network_expectations(bridge_members(containers)), path_inputs(text)
+    )
+
+    assert flows == []
+    assert {(c.expected, c.actual) for c in counts} == {("deny", "deny")}
+    # A published port's rule (`! -i docker0`) and a ban only INPUT reaches match no packet
+    # between two members; when they split every member into a group of its own, every ordered
+    # pair is walked: 40 x 39 pairs x 3 probes x 3 packets.
+    assert walked[0] <= 20
+
+
+def test_a_link_walks_its_own_port_and_direction_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    links = 100
+    state, ruleset = linked_host(links)
+    inputs = PathInputs(
+        FirewallState(rulesets=(ruleset,), bridge=parse_ebtables_save(EMPTY_EBTABLES)),
+        call_iptables=1,
+        call_ip6tables=1,
+    )
+    walked = counting_packets(monkeypatch)
+
+    flows, counts = evaluate_flows(network_expectations(state), inputs)
+
+    assert len(flows) == links
+    assert {(c.expected, c.actual) for c in counts} == {("allow", "allow"), ("deny", "deny")}
+    # The link's 80/tcp flow alone: 3 packets per link. Walking every flow of the pairs the
+    # link rules name one by one (parent -> child: 80/tcp, the TCP and UDP probes; child ->
+    # parent: the probes, though its rule matches only replies to the parent) is 11 per link.
+    assert walked[0] <= 3 * links + 50
+
+
+def test_a_packet_reads_the_rules_of_its_own_bridge_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    networks = 200
+    decided = [0]
+    out_iface = MATCHERS[("", "-o")]
+
+    def counted(option, packet, ctx):
+        decided[0] += 1
+        return out_iface(option, packet, ctx)
+
+    per_network = "".join(
+        f"-A DOCKER ! -i br-{n} -o br-{n} -j DROP\n-A DOCKER-BRIDGE -o br-{n} -j DOCKER\n"
+        f"-A DOCKER-FORWARD -i br-{n} -o br-{n} -j DROP\n"
+        f"-A DOCKER-ISOLATION-STAGE-2 -o br-{n} -j DROP\n"
+        for n in range(networks)
+    )
+    inputs = path_inputs(docker28_host(2, per_network))
+    monkeypatch.setitem(MATCHERS, ("", "-o"), counted)
+    a, b = ip_address("172.17.0.2"), ip_address("172.17.0.3")
+
+    decision = evaluate_packet(Packet("ipv4", a, b, "docker0", "docker0", "tcp", None, 80), inputs)
+
+    assert decision.verdict is Verdict.DENY
+    assert "-A DOCKER-FORWARD -i docker0 -o docker0 -j DROP" in decision.reason
+    # Reading every network's `-o br-N` rules: 4 x 200.
+    assert decided[0] <= 10
+
+
+def test_a_set_is_read_once_per_check_not_once_per_member_and_packet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    containers, members = 20, 500
+    blocked = IPSet("blocked", "hash:net", "inet", tuple(f"198.51.{n // 256}.{n % 256}/32"
+                                                          for n in range(members)))  # fmt: skip
+    text = docker28_host(containers, "-A DOCKER-USER -m set --match-set blocked src -j DROP\n")
+    inputs = path_inputs(text, {"blocked": blocked})
+    parsed = [0]
+    parse = matches_module.ip_network
+
+    def counted(*args, **kwargs):
+        parsed[0] += 1
+        return parse(*args, **kwargs)
+
+    monkeypatch.setattr(matches_module, "ip_network", counted)
+
+    flows, counts = evaluate_flows(network_expectations(bridge_members(containers)), inputs)
+
+    assert {(c.expected, c.actual) for c in counts} == {("deny", "deny")}
+    # Every member asked while grouping and every packet walked past the set's rule parsed all
+    # 500 members again: (20 + packets) x 500.
+    assert parsed[0] <= 2 * members
+
+
+def test_accept_rules_of_other_bridges_are_not_read_per_network(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    networks, links = 100, 200
+    state, ruleset = linked_host(links)
+    nets = [state.networks[0]]
+    containers = list(state.containers)
+    for n in range(networks):
+        net = L.network(f"net{n}", f"br-{n}", False, f"10.{n}.0.0/24")
+        nets.append(net)
+        containers += [L.container(f"a{n}", net, f"10.{n}.0.2"),
+                       L.container(f"b{n}", net, f"10.{n}.0.3")]  # fmt: skip
+    firewall = FirewallState(primary_backend="nft", rulesets=(ruleset,))
+    expectations = network_expectations(replace(state, networks=tuple(nets),
+                                                containers=tuple(containers)))  # fmt: skip
+    asked = [0]
+    stale_hosts = comparison_module._stale_hosts
+
+    def counted(*args):
+        asked[0] += 1
+        return stale_hosts(*args)
+
+    monkeypatch.setattr(comparison_module, "_stale_hosts", counted)
+
+    findings, _ = rule_findings(expectations, firewall)
+
+    # Only the user networks' DROPs are missing (the dump has docker0's alone).
+    assert {f.kind for f in findings} == {"icc_drop_missing"}
+    # Each of the 100 user networks asked about each of docker0's 400 link ACCEPT rules.
+    assert asked[0] <= 10 * networks
+
+
+def test_members_are_found_in_one_pass_over_the_containers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    networks = 200
+    nets, containers = [], []
+    for n in range(networks):
+        net = L.network(f"net{n}", f"br-{n}", n % 2 == 0, f"10.{n}.0.0/24")
+        nets.append(net)
+        containers += [L.container(f"a{n}", net, f"10.{n}.0.2"),
+                       L.container(f"b{n}", net, f"10.{n}.0.3")]  # fmt: skip
+    asked = [0]
+    endpoint = Container.endpoint
+
+    def counted(self, network_id):
+        asked[0] += 1
+        return endpoint(self, network_id)
+
+    monkeypatch.setattr(Container, "endpoint", counted)
+
+    expectations = network_expectations(DockerState("test", tuple(nets), tuple(containers)))
+
+    assert [e.containers for e in expectations] == [2] * networks
+    # Asking every container for its endpoint on every network: 200 x 400.
+    assert asked[0] <= 2 * len(containers)
