@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from ipaddress import ip_network
 from typing import Literal
 
@@ -84,6 +85,16 @@ def built_rule(chain: str, matches: tuple[Match, ...], target: str) -> Rule:
     return Rule(chain, 0, " ".join(words), matches, target)
 
 
+@lru_cache(maxsize=65536)
+def _canonical_address(text: str) -> str:
+    """`-s`/`-d` as one spelling (10.0.0.1 and 10.0.0.1/32 alike); cached: a check compares the
+    rules of the same few thousand hosts again and again."""
+    try:
+        return str(ip_network(text, strict=False))
+    except ValueError:
+        return text  # a name, kept as printed: it can only equal itself
+
+
 def rule_identity(rule: Rule) -> tuple[frozenset[tuple[str, str, tuple[str, ...], bool]], str]:
     """A rule's meaning regardless of how a tool printed it (option order, /32 or not): two rules
     with the same identity match the same packets and do the same to them."""
@@ -92,10 +103,7 @@ def rule_identity(rule: Rule) -> tuple[frozenset[tuple[str, str, tuple[str, ...]
         for option in match.options:
             args = option.args
             if option.name in ("-s", "-d") and len(args) == 1:
-                try:
-                    args = (str(ip_network(args[0], strict=False)),)
-                except ValueError:
-                    pass  # a name, kept as printed: it can only equal itself
+                args = (_canonical_address(args[0]),)
             options.add((match.module, option.name, args, option.negated))
     return frozenset(options), rule.target or ""
 
