@@ -77,7 +77,9 @@ class HostShape:
         if self.containers < 1 or self.networks < 1 or self.networks > 254:
             raise ValueError("want at least 1 container and 1 to 254 networks")
         if self.links < 0 or self.links > self.containers - 1:
-            raise ValueError(f"at most {self.containers - 1} links for {self.containers} containers")
+            raise ValueError(
+                f"at most {self.containers - 1} links for {self.containers} containers"
+            )
 
 
 @dataclass(frozen=True)
@@ -181,8 +183,9 @@ class SynthHost:
     def _list_entry(self, c: SynthContainer) -> dict:
         ports = [{"PrivatePort": p, "Type": proto} for p, proto in c.ports]
         if c.published is not None:
-            ports.append({"IP": "0.0.0.0", "PrivatePort": 80, "PublicPort": c.published,
-                          "Type": "tcp"})  # fmt: skip
+            ports.append(
+                {"IP": "0.0.0.0", "PrivatePort": 80, "PublicPort": c.published, "Type": "tcp"}
+            )
         return {
             "Id": c.id,
             "Names": self._names(c),
@@ -224,9 +227,15 @@ def _version() -> dict:
 
 def _network_reply(network: SynthNetwork | str) -> dict:
     if isinstance(network, str):
-        return {"Name": network, "Id": hashlib.sha256(network.encode()).hexdigest(),
-                "Driver": "null" if network == "none" else "host", "Internal": False,
-                "EnableIPv6": False, "IPAM": {"Config": []}, "Options": {}}  # fmt: skip
+        return {
+            "Name": network,
+            "Id": hashlib.sha256(network.encode()).hexdigest(),
+            "Driver": "null" if network == "none" else "host",
+            "Internal": False,
+            "EnableIPv6": False,
+            "IPAM": {"Config": []},
+            "Options": {},
+        }
     options = {"com.docker.network.bridge.name": network.bridge}
     if network.index == 0:
         options["com.docker.network.bridge.default_bridge"] = "true"
@@ -238,8 +247,10 @@ def _network_reply(network: SynthNetwork | str) -> dict:
         "Driver": "bridge",
         "Internal": False,
         "EnableIPv6": False,
-        "IPAM": {"Driver": "default", "Config": [{"Subnet": str(network.subnet),
-                                                  "Gateway": gateway}]},  # fmt: skip
+        "IPAM": {
+            "Driver": "default",
+            "Config": [{"Subnet": str(network.subnet), "Gateway": gateway}],
+        },
         "Options": options,
         "Containers": {},
     }
@@ -256,12 +267,23 @@ def _endpoint(c: SynthContainer) -> dict:
 
 
 def _networks(shape: HostShape) -> tuple[SynthNetwork, ...]:
-    made = [SynthNetwork(0, _hex_id(shape.seed, "net0"), "bridge", DEFAULT_BRIDGE,
-                         DEFAULT_SUBNET, icc=False)]  # fmt: skip
+    made = [
+        SynthNetwork(
+            0, _hex_id(shape.seed, "net0"), "bridge", DEFAULT_BRIDGE, DEFAULT_SUBNET, icc=False
+        )
+    ]
     for k in range(1, shape.networks):
         net_id = _hex_id(shape.seed, f"net{k}")
-        made.append(SynthNetwork(k, net_id, f"net{k}", f"br-{net_id[:12]}",
-                                 IPv4Network(f"10.{k}.0.0/16"), icc=k % NOICC_EVERY != 0))  # fmt: skip
+        made.append(
+            SynthNetwork(
+                k,
+                net_id,
+                f"net{k}",
+                f"br-{net_id[:12]}",
+                IPv4Network(f"10.{k}.0.0/16"),
+                icc=k % NOICC_EVERY != 0,
+            )
+        )
     return tuple(made)
 
 
@@ -287,29 +309,46 @@ def _containers(shape: HostShape, networks: tuple[SynthNetwork, ...]) -> tuple[S
         ports: tuple[tuple[int, str], ...] = ((80, "tcp"),)
         if i % UDP_EVERY == 0:
             ports += ((53, "udp"),)
-        made.append(SynthContainer(
-            index=i, id=_hex_id(shape.seed, f"c{i}"), name=f"c{i}", network=network,
-            address=address, ports=ports,
-            published=HOST_PORT_BASE + i if i % PUBLISH_EVERY == 0 else None,
-            link_child=i - 1 if 1 <= i <= shape.links else None,
-        ))  # fmt: skip
+        made.append(
+            SynthContainer(
+                index=i,
+                id=_hex_id(shape.seed, f"c{i}"),
+                name=f"c{i}",
+                network=network,
+                address=address,
+                ports=ports,
+                published=HOST_PORT_BASE + i if i % PUBLISH_EVERY == 0 else None,
+                link_child=i - 1 if 1 <= i <= shape.links else None,
+            )
+        )
     return tuple(made)
 
 
 def _docker_rules(
-    filter_: _Table, nat: _Table, networks: tuple[SynthNetwork, ...], containers: tuple[SynthContainer, ...]
+    filter_: _Table,
+    nat: _Table,
+    networks: tuple[SynthNetwork, ...],
+    containers: tuple[SynthContainer, ...],
 ) -> None:
     """Docker 28's rules for these networks and containers, in the order it writes them."""
-    for chain in ("DOCKER", "DOCKER-BRIDGE", "DOCKER-CT", "DOCKER-FORWARD",
-                  "DOCKER-ISOLATION-STAGE-1", "DOCKER-ISOLATION-STAGE-2", "DOCKER-USER"):  # fmt: skip
+    for chain in (
+        "DOCKER",
+        "DOCKER-BRIDGE",
+        "DOCKER-CT",
+        "DOCKER-FORWARD",
+        "DOCKER-ISOLATION-STAGE-1",
+        "DOCKER-ISOLATION-STAGE-2",
+        "DOCKER-USER",
+    ):
         filter_.declare(chain)
     filter_.add("FORWARD", "-j DOCKER-USER")
     filter_.add("FORWARD", "-j DOCKER-FORWARD")
     for c in containers:
         if c.published is not None:
             br = c.network.bridge
-            filter_.add("DOCKER", f"-d {c.address}/32 ! -i {br} -o {br} -p tcp -m tcp --dport 80 "
-                        "-j ACCEPT")  # fmt: skip
+            filter_.add(
+                "DOCKER", f"-d {c.address}/32 ! -i {br} -o {br} -p tcp -m tcp --dport 80 -j ACCEPT"
+            )
     for n in networks:
         filter_.add("DOCKER", f"! -i {n.bridge} -o {n.bridge} -j DROP")
     for parent in containers:
@@ -318,10 +357,14 @@ def _docker_rules(
         child = containers[parent.link_child]
         for port, proto in child.ports:
             common = f"-i {DEFAULT_BRIDGE} -o {DEFAULT_BRIDGE} -p {proto} -m {proto}"
-            filter_.add("DOCKER", f"-s {parent.address}/32 -d {child.address}/32 {common} "
-                        f"--dport {port} -j ACCEPT")  # fmt: skip
-            filter_.add("DOCKER", f"-s {child.address}/32 -d {parent.address}/32 {common} "
-                        f"--sport {port} -j ACCEPT")  # fmt: skip
+            filter_.add(
+                "DOCKER",
+                f"-s {parent.address}/32 -d {child.address}/32 {common} --dport {port} -j ACCEPT",
+            )
+            filter_.add(
+                "DOCKER",
+                f"-s {child.address}/32 -d {parent.address}/32 {common} --sport {port} -j ACCEPT",
+            )
     filter_.add("DOCKER-FORWARD", "-j DOCKER-CT")
     filter_.add("DOCKER-FORWARD", "-j DOCKER-ISOLATION-STAGE-1")
     filter_.add("DOCKER-FORWARD", "-j DOCKER-BRIDGE")
@@ -343,18 +386,25 @@ def _docker_rules(
         nat.add("POSTROUTING", f"-s {n.subnet} ! -o {n.bridge} -j MASQUERADE")
     for c in containers:
         if c.published is not None:
-            nat.add("DOCKER", f"! -i {c.network.bridge} -p tcp -m tcp --dport {c.published} "
-                    f"-j DNAT --to-destination {c.address}:80")  # fmt: skip
+            nat.add(
+                "DOCKER",
+                f"! -i {c.network.bridge} -p tcp -m tcp --dport {c.published} "
+                f"-j DNAT --to-destination {c.address}:80",
+            )
 
 
 def _addresses(rng: random.Random, network: IPv4Network, count: int) -> list[IPv4Address]:
     if count > network.num_addresses - 2:
         raise ValueError(f"{count} addresses do not fit in {network}")
     base = int(network.network_address) + 1
-    return [IPv4Address(base + offset) for offset in rng.sample(range(network.num_addresses - 2), count)]
+    return [
+        IPv4Address(base + offset) for offset in rng.sample(range(network.num_addresses - 2), count)
+    ]
 
 
-def _further_rules(filter_: _Table, shape: HostShape, rng: random.Random) -> dict[str, list[IPv4Address]]:
+def _further_rules(
+    filter_: _Table, shape: HostShape, rng: random.Random
+) -> dict[str, list[IPv4Address]]:
     """The R rules a real host adds; returns the ipset sets (name -> members) they match."""
     total = shape.rules
     host_chains = int(total * SHARE_HOST_CHAINS) // 3
@@ -368,8 +418,10 @@ def _further_rules(filter_: _Table, shape: HostShape, rng: random.Random) -> dic
     for number, jail in enumerate(jails):
         filter_.add("INPUT", f"-p tcp -m multiport --dports {22 + number} -j f2b-{jail}")
     for number, address in enumerate(_addresses(rng, BANNED, bans)):
-        filter_.add(f"f2b-{jails[number % len(jails)]}",
-                    f"-s {address}/32 -j REJECT --reject-with icmp-port-unreachable")  # fmt: skip
+        filter_.add(
+            f"f2b-{jails[number % len(jails)]}",
+            f"-s {address}/32 -j REJECT --reject-with icmp-port-unreachable",
+        )
     for jail in jails:
         filter_.add(f"f2b-{jail}", "-j RETURN")
     members: dict[str, list[IPv4Address]] = {}
@@ -397,8 +449,9 @@ def _further_rules(filter_: _Table, shape: HostShape, rng: random.Random) -> dic
 def _ipset_text(members: dict[str, list[IPv4Address]]) -> str:
     lines = []
     for name, addresses in members.items():
-        lines.append(f"create {name} hash:ip family inet hashsize 1024 maxelem "
-                     f"{max(65536, len(addresses))}")  # fmt: skip
+        lines.append(
+            f"create {name} hash:ip family inet hashsize 1024 maxelem {max(65536, len(addresses))}"
+        )
         lines.extend(f"add {name} {address}" for address in addresses)
     return "".join(line + "\n" for line in lines)
 
@@ -406,8 +459,13 @@ def _ipset_text(members: dict[str, list[IPv4Address]]) -> str:
 def _nft_json(tables: tuple[_Table, ...]) -> str:
     """`nft -j list ruleset` of an iptables-nft host: its tables, chains and one rule object per
     rule (the exporter takes only the table names of iptables-nft's tables from it)."""
-    hooks = {"PREROUTING": "prerouting", "INPUT": "input", "FORWARD": "forward",
-             "OUTPUT": "output", "POSTROUTING": "postrouting"}  # fmt: skip
+    hooks = {
+        "PREROUTING": "prerouting",
+        "INPUT": "input",
+        "FORWARD": "forward",
+        "OUTPUT": "output",
+        "POSTROUTING": "postrouting",
+    }
     objects: list[dict] = [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}}]
     handle = 0
     for number, table in enumerate(tables, 1):
@@ -424,10 +482,20 @@ def _nft_json(tables: tuple[_Table, ...]) -> str:
         for chain, rules in table.chains.items():
             for _rule in rules:
                 handle += 1
-                objects.append({"rule": {"family": "ip", "table": table.name, "chain": chain,
-                                         "handle": handle, "expr": [
-                                             {"counter": {"packets": 0, "bytes": 0}},
-                                             {"xt": {"type": "target", "name": "standard"}}]}})  # fmt: skip
+                objects.append(
+                    {
+                        "rule": {
+                            "family": "ip",
+                            "table": table.name,
+                            "chain": chain,
+                            "handle": handle,
+                            "expr": [
+                                {"counter": {"packets": 0, "bytes": 0}},
+                                {"xt": {"type": "target", "name": "standard"}},
+                            ],
+                        }
+                    }
+                )
     return json.dumps({"nftables": objects}) + "\n"
 
 
@@ -444,10 +512,15 @@ def build_host(shape: HostShape) -> SynthHost:
     # Docker sets FORWARD's policy to DROP when it enabled ip_forward itself.
     save = filter_.save_text({"FORWARD": "DROP"}) + nat.save_text({})
     return SynthHost(
-        shape=shape, networks=networks, containers=containers, iptables_save=save,
-        ipset_save=_ipset_text(members), rule_count=rule_count, docker_rule_count=docker_rules,
+        shape=shape,
+        networks=networks,
+        containers=containers,
+        iptables_save=save,
+        ipset_save=_ipset_text(members),
+        rule_count=rule_count,
+        docker_rule_count=docker_rules,
         nft_json=_nft_json((filter_, nat)),
-    )  # fmt: skip
+    )
 
 
 def write_host(host: SynthHost, out: Path) -> Path:
@@ -455,9 +528,16 @@ def write_host(host: SynthHost, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     snapshot = out / "snapshot"
     shape = host.shape
-    meta = {"synthetic": {"containers": shape.containers, "networks": shape.networks,
-                          "links": shape.links, "further_rules": shape.rules,
-                          "seed": shape.seed, "rules": host.rule_count}}  # fmt: skip
+    meta = {
+        "synthetic": {
+            "containers": shape.containers,
+            "networks": shape.networks,
+            "links": shape.links,
+            "further_rules": shape.rules,
+            "seed": shape.seed,
+            "rules": host.rule_count,
+        }
+    }
     write_snapshot(snapshot, host.snapshot_files(), meta)
     (out / "iptables.rules").write_text(host.iptables_save)
     (out / "ipset.rules").write_text(host.ipset_save)
