@@ -44,7 +44,7 @@ import time
 import tracemalloc
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,11 +67,13 @@ from exporter.comparison import duplicate_findings, flow_findings, host_findings
 from exporter.config import CheckConfig, ExporterConfig  # noqa: E402
 from exporter.expectations import network_expectations, posture_findings  # noqa: E402
 from exporter.firewall.evaluate import PathInputs  # noqa: E402
+from exporter.firewall.parse import parse_iptables_save  # noqa: E402
 from exporter.firewall.state import FirewallState  # noqa: E402
 from exporter.flows import evaluate_flows  # noqa: E402
 from exporter.latest import Latest  # noqa: E402
 from exporter.report import Report, SourceStatus  # noqa: E402
 from exporter.sources import SOURCE_NAMES, build_sources  # noqa: E402
+from exporter.sources.firewall import read_libiptc  # noqa: E402
 from exporter.sources.snapshot import META_FILE, read_snapshot  # noqa: E402
 
 DEFAULT_SIZES = ("10x1000", "100x1000", "1000x10000", "1000x50000", "5000x10000", "5000x50000")
@@ -110,7 +112,9 @@ class SizeResult:
     ratio: float | None = None
     rss_mib: float = 0.0
     read_from: str = "snapshot"  # or "kernel"
-    notes: tuple[str, ...] = field(default_factory=tuple)
+    # --legacy: iptables-legacy-save and python-iptables on the same rules, and the parse of
+    # what python-iptables printed (seconds each).
+    legacy: dict[str, float] | None = None
 
 
 # -- one check, phase by phase -----------------------------------------------------------------
@@ -309,6 +313,27 @@ def worker(snapshot: Path, repeat: int, kernel: bool) -> SizeResult:
     )
 
 
+def legacy_worker(rules: int) -> dict[str, float]:
+    """In a namespace holding the rules in the legacy backend: iptables-legacy-save against
+    python-iptables (libiptc, `--iptables.backend=libiptc`), both checked to print every rule.
+    One read each: python-iptables cannot read twice in one process."""
+    save, printed = _median_run(["iptables-legacy-save"], 1)
+    began = time.perf_counter()
+    read = read_libiptc("ipv4")
+    libiptc = time.perf_counter() - began
+    for tool, text in (("iptables-legacy-save", printed), ("python-iptables", read)):
+        ruleset = parse_iptables_save(text, "ipv4", "legacy")
+        if ruleset.rule_count != rules:
+            raise BenchError(f"{tool} printed {ruleset.rule_count} rules, the host has {rules}")
+    began = time.perf_counter()
+    parse_iptables_save(read, "ipv4", "legacy")
+    return {
+        "legacy_save_seconds": save,
+        "libiptc_seconds": libiptc,
+        "parse_seconds": time.perf_counter() - began,
+    }
+
+
 # -- namespace, snapshot check, driver -------------------------------------------------------------
 
 
@@ -319,14 +344,15 @@ def _sh(*argv: str, stdin: str | None = None) -> None:
 
 
 @contextmanager
-def bench_namespace(rules: str, sets: str) -> Iterator[str]:
-    """A network namespace holding the rules (iptables-nft) and the sets; deleted afterwards."""
+def bench_namespace(rules: str, sets: str, restore: str = "iptables-nft-restore") -> Iterator[str]:
+    """A network namespace holding the rules (loaded with `restore`) and the sets; deleted
+    afterwards."""
     name = f"dnpbench-{os.getpid()}-{secrets.token_hex(3)}"
     _sh("ip", "netns", "add", name)
     try:
         if sets:
             _sh("ip", "netns", "exec", name, "ipset", "restore", stdin=sets)
-        _sh("ip", "netns", "exec", name, "iptables-nft-restore", stdin=rules)
+        _sh("ip", "netns", "exec", name, restore, stdin=rules)
         yield name
     finally:
         subprocess.run(["ip", "netns", "delete", name], check=False)
@@ -360,7 +386,30 @@ def measure_size(shape: HostShape, args: argparse.Namespace, workdir: Path) -> S
     if args.no_kernel:
         return _run_worker(argv + ["--no-kernel"], args.budget)
     with bench_namespace(host.iptables_save, host.ipset_save) as ns:
-        return _run_worker(["ip", "netns", "exec", ns, *argv], args.budget)
+        result = _run_worker(["ip", "netns", "exec", ns, *argv], args.budget)
+    if not args.legacy:
+        return result
+    restore = "iptables-legacy-restore"
+    with bench_namespace(host.iptables_save, host.ipset_save, restore) as ns:
+        runs = [_legacy_run(ns, host.rule_count, args.budget) for _ in range(args.repeat)]
+    legacy = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    return replace(result, legacy=legacy)
+
+
+def _legacy_run(ns: str, rules: int, budget: float) -> dict[str, float]:
+    # One process per read: a second read_libiptc in one process crashes it (SIGSEGV).
+    argv = [sys.executable, str(Path(__file__).resolve()), "--legacy-worker", str(rules)]
+    done = subprocess.run(
+        ["ip", "netns", "exec", ns, *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=budget,
+    )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        raise BenchError(f"legacy worker failed: {last}")
+    return json.loads(done.stdout)
 
 
 def _run_worker(argv: list[str], budget: float) -> SizeResult:
@@ -376,7 +425,6 @@ def _run_worker(argv: list[str], budget: float) -> SizeResult:
 
 def _result_from_json(data: dict[str, Any]) -> SizeResult:
     data["phases"] = tuple(Phase(**p) for p in data["phases"])
-    data["notes"] = tuple(data["notes"])
     return SizeResult(**data)
 
 
@@ -422,6 +470,19 @@ def markdown(results: list[SizeResult], skipped: list[tuple[int, int, str]]) -> 
             peak = "" if phase is None or phase.peak_mib is None else f" / {phase.peak_mib:.1f}"
             cells.append("-" if phase is None else f"{phase.seconds:.4f}{peak}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    legacy = [r for r in results if r.legacy]
+    if legacy:
+        lines += [
+            "",
+            "| rules | iptables-legacy-save s | python-iptables s | parse of its output s |",
+            "|---:|---:|---:|---:|",
+        ]
+        for r in legacy:
+            values = r.legacy or {}
+            lines.append(
+                f"| {r.rules:,} | {values['legacy_save_seconds']:.3f} "
+                f"| {values['libiptc_seconds']:.3f} | {values['parse_seconds']:.3f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -441,6 +502,9 @@ def text(result: SizeResult) -> str:
         )
         lines.append(f"  {'nft -j list':18} {(result.nft_list_seconds or 0) * 1000:10.1f} ms")
     lines.append(f"  {'RSS':18} {result.rss_mib:10.0f} MiB")
+    if result.legacy:
+        for key, value in result.legacy.items():
+            lines.append(f"  {'legacy ' + key.removesuffix('_seconds'):18} {value * 1000:10.1f} ms")
     return "\n".join(lines)
 
 
@@ -469,9 +533,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", action="store_true", help="the tables of docs/performance.md")
     parser.add_argument("--keep", type=Path, help="write the hosts here instead of a temp dir")
     parser.add_argument("--live", type=int, metavar="N", help="a lab dockerd with N containers")
+    parser.add_argument(
+        "--legacy",
+        action="store_true",
+        help="also time iptables-legacy-save against python-iptables",
+    )
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--legacy-worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
+        if args.legacy_worker:
+            print(json.dumps(legacy_worker(args.legacy_worker)))
+            return 0
         if args.worker:
             print(json.dumps(asdict(worker(args.worker, args.repeat, not args.no_kernel))))
             return 0
@@ -509,6 +582,8 @@ def run_sizes(
     workdir = args.keep or Path(tempfile.mkdtemp(prefix=f"dnpbench-{os.getpid()}-"))
     results: list[SizeResult] = []
     skipped: list[tuple[int, int, str]] = []
+    # Per size as it is measured; on stderr when stdout carries the tables or the JSON.
+    progress = sys.stderr if args.json or args.markdown else sys.stdout
     try:
         for containers, rules in sorted(sizes):
             over = [s for s in skipped if s[0] <= containers and s[1] <= rules]
@@ -522,12 +597,10 @@ def run_sizes(
                 result = measure_size(shape, args, workdir)
             except OverBudget as error:
                 skipped.append((containers, rules, str(error)))
-                if not (args.json or args.markdown):
-                    print(f"{containers} containers, {rules} further rules: {error}", flush=True)
+                print(f"{containers} containers, {rules} further rules: {error}", file=progress)
                 continue
             results.append(result)
-            if not (args.json or args.markdown):
-                print(text(result), flush=True)
+            print(text(result), file=progress, flush=True)
     finally:
         if args.keep is None:
             shutil.rmtree(workdir, ignore_errors=True)
