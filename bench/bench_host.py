@@ -552,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
             # Imported here: the live bench needs tests/lab.py (a real dockerd), the rest does not.
             from bench.bench_live import run_live
 
-            return run_live(args.live, args.repeat, args.json, args.markdown)
+            return run_live(args.live, args.repeat, args.json)
         if args.containers or args.rules:
             sizes = [(c, r) for c in args.containers or [100] for r in args.rules or [1000]]
         else:
