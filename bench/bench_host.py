@@ -81,6 +81,7 @@ DEFAULT_SIZES = ("10x1000", "100x1000", "1000x10000", "1000x50000", "5000x10000"
 DAEMON_SOURCES = ("docker", "settings")
 DECIDE_PHASES = ("index", "expectations", "flows", "findings", "render")
 MIB = 1024 * 1024
+CLI_CHECK_TOOK = "check --snapshot took"
 
 
 class BenchError(Exception):
@@ -278,7 +279,8 @@ def _fetch_firewall(repeat: int) -> tuple[dict[str, str], list[Phase]]:
 
 def worker(snapshot: Path, repeat: int, kernel: bool) -> SizeResult:
     """One size, measured in this process (in the bench namespace when `kernel`)."""
-    check_snapshot_clean(snapshot)
+    # On stderr at once: if the size goes over budget, this is the one figure it leaves.
+    print(f"{CLI_CHECK_TOOK} {check_snapshot_clean(snapshot):.1f} s", file=sys.stderr, flush=True)
     files = read_snapshot(snapshot)
     meta = json.loads(files.pop(META_FILE))["synthetic"]
     fetch_phases: list[Phase] = []
@@ -358,9 +360,10 @@ def bench_namespace(rules: str, sets: str, restore: str = "iptables-nft-restore"
         subprocess.run(["ip", "netns", "delete", name], check=False)
 
 
-def check_snapshot_clean(snapshot: Path) -> None:
+def check_snapshot_clean(snapshot: Path) -> float:
     """`check --snapshot` must find the host clean: exit 0 (no drift, every source up, no unknown
-    flow)."""
+    flow). Returns how long it took (seconds)."""
+    began = time.perf_counter()
     out, err = io.StringIO(), io.StringIO()
     # No deadline of its own: a big host may take long, and --budget bounds the whole worker.
     argv = ["check", "--snapshot", str(snapshot), "--check.timeout", "3600s"]
@@ -368,6 +371,7 @@ def check_snapshot_clean(snapshot: Path) -> None:
     if code != 0:
         last = (out.getvalue() + err.getvalue()).strip().splitlines()[-1:]
         raise BenchError(f"check --snapshot {snapshot} exited {code}, not clean: {last}")
+    return time.perf_counter() - began
 
 
 def measure_size(shape: HostShape, args: argparse.Namespace, workdir: Path) -> SizeResult:
@@ -415,8 +419,11 @@ def _legacy_run(ns: str, rules: int, budget: float) -> dict[str, float]:
 def _run_worker(argv: list[str], budget: float) -> SizeResult:
     try:
         done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=budget)
-    except subprocess.TimeoutExpired:
-        raise OverBudget(f"not measured: over the budget of {budget:g} s") from None
+    except subprocess.TimeoutExpired as timeout:
+        said = timeout.stderr.decode() if isinstance(timeout.stderr, bytes) else timeout.stderr
+        took = [line for line in (said or "").splitlines() if line.startswith(CLI_CHECK_TOOK)]
+        what = f"one {took[0]}" if took else "check --snapshot did not finish"
+        raise OverBudget(f"not measured: over the budget of {budget:g} s ({what})") from None
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["(no error output)"])[-1]
         raise BenchError(f"worker failed: {last}")
@@ -442,6 +449,21 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _phase_table(results: list[SizeResult]) -> list[str]:
+    """One row per phase, one column per size: seconds / peak MiB."""
+    names = [p.name for p in results[-1].phases]
+    header = "| phase | " + " | ".join(f"{r.containers:,}x{r.rules:,}" for r in results) + " |"
+    lines = ["", header, "|---|" + "---:|" * len(results)]
+    for name in names:
+        cells = []
+        for r in results:
+            phase = next((p for p in r.phases if p.name == name), None)
+            peak = "" if phase is None or phase.peak_mib is None else f" / {phase.peak_mib:.1f}"
+            cells.append("-" if phase is None else f"{phase.seconds:.4f}{peak}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(results: list[SizeResult], skipped: list[tuple[int, int, str]]) -> str:
     lines = [
         "| containers | links | rules | flows | parse s | decide s | render s | after-read s "
@@ -460,16 +482,8 @@ def markdown(results: list[SizeResult], skipped: list[tuple[int, int, str]]) -> 
         )
     for containers, rules, why in skipped:
         lines.append(f"| {containers:,} | {containers // 2:,} | +{rules:,} | {why} |" + " |" * 9)
-    names = [p.name for p in results[-1].phases] if results else []
-    header = "| phase | " + " | ".join(f"{r.containers:,}x{r.rules:,}" for r in results) + " |"
-    lines += ["", header, "|---|" + "---:|" * len(results)]
-    for name in names:
-        cells = []
-        for r in results:
-            phase = next((p for p in r.phases if p.name == name), None)
-            peak = "" if phase is None or phase.peak_mib is None else f" / {phase.peak_mib:.1f}"
-            cells.append("-" if phase is None else f"{phase.seconds:.4f}{peak}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if results:
+        lines += _phase_table(results)
     legacy = [r for r in results if r.legacy]
     if legacy:
         lines += [
