@@ -94,6 +94,8 @@ class OverBudget(BenchError):
 
 @dataclass(frozen=True)
 class Phase:
+    """One phase of a check: median seconds, and the traced peak (None: not traced, e.g. fetch)."""
+
     name: str
     seconds: float
     peak_mib: float | None = None
@@ -101,6 +103,8 @@ class Phase:
 
 @dataclass(frozen=True)
 class SizeResult:
+    """Everything measured for one size; `rules` counts every rule of the dump."""
+
     containers: int
     links: int
     networks: int
@@ -435,6 +439,12 @@ def _result_from_json(data: dict[str, Any]) -> SizeResult:
     return SizeResult(**data)
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
 def parse_size(text: str) -> tuple[int, int]:
     containers, sep, rules = text.lower().partition("x")
     if not sep or not containers.isdigit() or not rules.isdigit():
@@ -535,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rules", nargs="+", type=int, help="with --containers: every pair")
     parser.add_argument("--networks", type=int, default=4)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=_positive, default=3, help="timed runs per figure")
     parser.add_argument(
         "--budget",
         type=float,

@@ -17,8 +17,9 @@ The shape (Docker 28's layout, as in tests/fixtures/layouts/docker28*):
   exposed port of a link's child. Every tenth container publishes 80/tcp on host port 20000+i:
   `-A DOCKER -d C/32 ! -i BR -o BR -p tcp -m tcp --dport 80 -j ACCEPT` and a nat DNAT rule.
 - The R further rules: fail2ban chains off INPUT (f2b-*, one REJECT per banned address), DROPs of
-  remote addresses in DOCKER-USER, per-host chains off DOCKER-USER (a jump plus ssh ACCEPT and
-  DROP inside, as firewall scripts build them), `-m set --match-set` DROPs in DOCKER-USER and
+  remote addresses in DOCKER-USER, per-host chains off DOCKER-USER (a jump plus an ssh RETURN and
+  a DROP inside, as firewall scripts build them; with an ACCEPT there the exporter reports an
+  unexpected ACCEPT between containers, see docs/performance.md), `-m set --match-set` DROPs in DOCKER-USER and
   INPUT with the sets in ipset, and INPUT ACCEPTs. None names a container address, so the host
   has no drift: every flow is as Docker means it.
 
@@ -414,7 +415,7 @@ def _further_rules(
     inputs = max(0, total - bans - drops - 3 * host_chains - RULES_PER_SET * sets)
     filter_.add("INPUT", "-i lo -j ACCEPT")
     filter_.add("INPUT", "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
-    jails = F2B_JAILS[: max(1, min(len(F2B_JAILS), bans // 50 or 1))] if bans else ()
+    jails = F2B_JAILS[: min(len(F2B_JAILS), max(1, bans // 50))] if bans else ()
     for number, jail in enumerate(jails):
         filter_.add("INPUT", f"-p tcp -m multiport --dports {22 + number} -j f2b-{jail}")
     for number, address in enumerate(_addresses(rng, BANNED, bans)):
