@@ -19,9 +19,9 @@ The shape (Docker 28's layout, as in tests/fixtures/layouts/docker28*):
 - The R further rules: fail2ban chains off INPUT (f2b-*, one REJECT per banned address), DROPs of
   remote addresses in DOCKER-USER, per-host chains off DOCKER-USER (a jump plus an ssh RETURN and
   a DROP inside, as firewall scripts build them; with an ACCEPT there the exporter reports an
-  unexpected ACCEPT between containers, see docs/performance.md), `-m set --match-set` DROPs in DOCKER-USER and
-  INPUT with the sets in ipset, and INPUT ACCEPTs. None names a container address, so the host
-  has no drift: every flow is as Docker means it.
+  unexpected ACCEPT between containers, see docs/performance.md), `-m set --match-set` DROPs
+  in DOCKER-USER and INPUT with the sets in ipset, and INPUT ACCEPTs. None names a container
+  address, so the host has no drift: every flow is as Docker means it.
 
 The dumps are written as iptables-nft-save prints them; the nft JSON lists the same tables and
 chains with one rule object per rule, as `nft -j list ruleset` does on an iptables-nft host (the
