@@ -46,3 +46,11 @@ SEED ?= 1
 .PHONY: differential
 differential:
 	$(PYTHON) -m tests.differential --count $(N) --seed $(SEED) --shrink
+
+# The cost table of docs/performance.md: synthetic hosts measured phase by phase against the floor
+# (root: each size's rules go into a throwaway network namespace). Not part of `make test`.
+# BENCH_ARGS="--no-kernel" runs without root; BENCH_ARGS="--live 100" against a lab dockerd.
+BENCH_ARGS ?= --legacy
+.PHONY: bench
+bench:
+	$(PYTHON) bench/bench_host.py --markdown $(BENCH_ARGS)
