@@ -417,6 +417,10 @@ def read_libiptc(family: str, procfs: str = DEFAULT_PROCFS, timeout: float = 5.0
                 for name in tables:
                     # autocommit=False: never write the table back when the handle is freed.
                     table = factory(name, autocommit=False)
+                    # python-iptables hands out one Table per name for the process's life and
+                    # close() below ends its handle: open a fresh one, which also shows the
+                    # kernel's rules now rather than when the handle was first opened.
+                    table.refresh()
                     try:
                         parts.append(render_table(name, table, family))
                     finally:
