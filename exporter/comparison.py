@@ -105,6 +105,11 @@ class _Forward:
         self.icc_drop_bridges = {bridge for rule in rules if (bridge := _icc_drop_bridge(rule))}
         forward = ruleset.chain("filter", "FORWARD")
         self.policy_drops = forward is not None and forward.policy == "DROP"
+        # Jump rules by the chain they are in: which chains a network's packets can enter.
+        self.jumps: dict[str, list[Rule]] = defaultdict(list)
+        for rule in rules:
+            if rule.target and ruleset.chain("filter", rule.target) is not None:
+                self.jumps[rule.chain].append(rule)
         # Indexes into accepts by the one interface the rule requires (None: any), and the IPv4
         # hosts the rules name as (address, index), sorted: a network reads only the rules that
         # may match on its bridge or name a host of its subnets (see concerning).
@@ -114,6 +119,19 @@ class _Forward:
             self.by_bridge[_required_bridge(rule)].append(index)
             self.named_hosts += ((int(host), index) for host in _named_hosts(rule))
         self.named_hosts.sort()
+
+    def entered_chains(self, intra: _IntraBridge) -> set[str]:
+        """Chains a NEW packet between two members can enter: FORWARD, and a chain behind a jump
+        that may match such a packet (`-s REMOTE/32 -j HOST` lets none of them into HOST)."""
+        entered = {"FORWARD"}
+        pending = deque(entered)
+        while pending:
+            for jump in self.jumps.get(pending.popleft(), ()):
+                target = jump.target or ""
+                if target not in entered and intra.matched_members(jump) is not None:
+                    entered.add(target)
+                    pending.append(target)
+        return entered
 
     def concerning(self, network: Network) -> list[tuple[Rule, RuleIdentity]]:
         """In path order, the ACCEPT rules that may match between the network's containers or
@@ -323,10 +341,11 @@ def _unexpected_rules(
     findings = []
     for forward in forwards:
         command = iptables_command(forward.ruleset.backend)
+        entered = forward.entered_chains(intra)
         for rule, identity in forward.concerning(network):
             if identity in expected_ids:
                 continue
-            matched = intra.matched_members(rule)
+            matched = intra.matched_members(rule) if rule.chain in entered else None
             stale = _stale_hosts(rule, network, addresses)
             if matched is None and not stale:
                 continue

@@ -132,6 +132,33 @@ def test_accept_in_an_unreachable_chain_is_not_unexpected():
     assert findings_of(text)[0] == []
 
 
+def host_chain(jump: str) -> str:
+    """D28 with a fail2ban-style per-host chain: DOCKER-USER jumps to HOST-1, which accepts ssh."""
+    text = L.insert_rule(D28, "HOST-1", "-p tcp -m tcp --dport 22 -j ACCEPT").replace(
+        ":DOCKER-USER - [0:0]", ":DOCKER-USER - [0:0]\n:HOST-1 - [0:0]"
+    )
+    return L.insert_rule(text, "DOCKER-USER", f"{jump} -j HOST-1")
+
+
+@pytest.mark.parametrize(
+    "jump",
+    [
+        "-s 198.18.0.5/32",  # a remote host: no container enters HOST-1
+        "-m conntrack --ctstate RELATED,ESTABLISHED",  # never a new connection
+        "-i eth0",  # from outside the bridge
+    ],
+)
+def test_accept_behind_a_jump_no_member_takes_is_not_unexpected(jump):
+    assert findings_of(host_chain(jump))[0] == []
+
+
+@pytest.mark.parametrize("jump", ["", "-s 172.17.0.4/32", "-s 172.17.0.0/16"])
+def test_accept_behind_a_jump_members_take_is_unexpected(jump):
+    (unexpected,) = findings_of(host_chain(jump))[0]
+    assert unexpected.kind == UNEXPECTED_ACCEPT_RULE
+    assert unexpected.rule == "-A HOST-1 -p tcp -m tcp --dport 22 -j ACCEPT"
+
+
 def test_accept_for_an_address_no_container_has_is_stale():
     rule = (
         "-s 172.17.0.3/32 -d 172.17.0.9/32 -i docker0 -o docker0 -p tcp -m tcp --dport 80 -j ACCEPT"
