@@ -17,11 +17,10 @@ The shape (Docker 28's layout, as in tests/fixtures/layouts/docker28*):
   exposed port of a link's child. Every tenth container publishes 80/tcp on host port 20000+i:
   `-A DOCKER -d C/32 ! -i BR -o BR -p tcp -m tcp --dport 80 -j ACCEPT` and a nat DNAT rule.
 - The R further rules: fail2ban chains off INPUT (f2b-*, one REJECT per banned address), DROPs of
-  remote addresses in DOCKER-USER, per-host chains off DOCKER-USER (a jump plus an ssh RETURN and
-  a DROP inside, as firewall scripts build them; with an ACCEPT there the exporter reports an
-  unexpected ACCEPT between containers, see docs/performance.md), `-m set --match-set` DROPs
-  in DOCKER-USER and INPUT with the sets in ipset, and INPUT ACCEPTs. None names a container
-  address, so the host has no drift: every flow is as Docker means it.
+  remote addresses in DOCKER-USER, per-host chains off DOCKER-USER (a jump for one remote
+  address, and an ssh ACCEPT and a DROP inside, as firewall scripts build them),
+  `-m set --match-set` DROPs in DOCKER-USER and INPUT with the sets in ipset, and INPUT ACCEPTs.
+  None names a container address, so the host has no drift: every flow is as Docker means it.
 
 The dumps are written as iptables-nft-save prints them; the nft JSON lists the same tables and
 chains with one rule object per rule, as `nft -j list ruleset` does on an iptables-nft host (the
@@ -438,7 +437,7 @@ def _further_rules(
     for number, address in enumerate(_addresses(rng, HOST_CHAINED, host_chains)):
         chain = f"HOST-{number}"
         filter_.add("DOCKER-USER", f"-s {address}/32 -j {chain}")
-        filter_.add(chain, "-p tcp -m tcp --dport 22 -j RETURN")
+        filter_.add(chain, "-p tcp -m tcp --dport 22 -j ACCEPT")
         filter_.add(chain, "-j DROP")
     for number in range(inputs):
         admin = ADMINS.network_address + 1 + number % 250
