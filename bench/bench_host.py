@@ -56,19 +56,17 @@ from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
 from bench.synth_host import HostShape, build_host, write_host  # noqa: E402
 from exporter.check import (  # noqa: E402
     CheckInputs,
-    _iptables_managed,
-    _rule_findings,
+    FirewallRead,
     build_report,
     check_dumps_against_nft,
+    decide_findings,
+    read_firewall,
 )
 from exporter.cli import main as cli_main  # noqa: E402
 from exporter.collector import NetpolicyCollector  # noqa: E402
-from exporter.comparison import duplicate_findings, flow_findings, host_findings  # noqa: E402
 from exporter.config import CheckConfig, ExporterConfig  # noqa: E402
-from exporter.expectations import network_expectations, posture_findings  # noqa: E402
-from exporter.firewall.evaluate import PathInputs  # noqa: E402
+from exporter.expectations import network_expectations  # noqa: E402
 from exporter.firewall.parse import parse_iptables_save  # noqa: E402
-from exporter.firewall.state import FirewallState  # noqa: E402
 from exporter.flows import evaluate_flows  # noqa: E402
 from exporter.latest import Latest  # noqa: E402
 from exporter.report import Report, SourceStatus  # noqa: E402
@@ -139,45 +137,20 @@ def _inputs(state: Mapping[str, Any]) -> CheckInputs:
     return CheckInputs(statuses=statuses, **values)
 
 
-def _index(state: dict[str, Any]) -> tuple[FirewallState, Any, PathInputs]:
-    """build_report's preamble: the firewall state the evaluator walks and its indexes."""
+def _index(state: dict[str, Any]) -> FirewallRead:
+    """build_report's first phase: the firewall state the evaluator walks and its indexes."""
     inputs = check_dumps_against_nft(_inputs(state))
     if inputs.iptables is None or inputs.docker is None:
         raise BenchError("the synthetic host's dumps do not match nft's tables")
-    ipv4, ipv6 = inputs.iptables, inputs.ip6tables
-    firewall = FirewallState(
-        primary_backend=ipv4.primary,
-        rulesets=ipv4.rulesets + (ipv6.rulesets if ipv6 else ()),
-        bridge=inputs.ebtables,
-        ipsets=inputs.ipset,
-        nftables=inputs.nftables,
-    )
-    managed = _iptables_managed(inputs.settings, firewall)
-    settings = replace(inputs.settings, iptables=managed) if inputs.settings else None
-    path_inputs = PathInputs(
-        firewall=firewall,
-        call_iptables=settings.bridge_nf_call_iptables if settings else None,
-        call_ip6tables=settings.bridge_nf_call_ip6tables if settings else None,
-        unreadable=frozenset() if ipv6 is not None else frozenset({"ipv6"}),
-    )
-    return firewall, (managed, settings), path_inputs
+    return read_firewall(inputs, inputs.iptables)
 
 
 def _findings(state: dict[str, Any], config: CheckConfig) -> tuple[Any, ...]:
-    firewall, (managed, settings), _ = state["index"]
-    expectations = state["expectations"]
     flows, _counts = state["flows"]
-    rules, _networks = _rule_findings(expectations, firewall)
-    bridges = {e.network.bridge: e.network.name for e in expectations}
-    return (
-        *posture_findings(
-            state["parse docker"], managed.value, config.expect_icc, config.expect_iptables
-        ),
-        *host_findings(firewall, settings, expectations),
-        *rules,
-        *duplicate_findings(firewall, bridges),
-        *flow_findings(flows),
+    findings, _networks = decide_findings(
+        state["parse docker"], state["index"], state["expectations"], flows, config
     )
+    return findings
 
 
 def _render(report: Report) -> bytes:
@@ -192,7 +165,7 @@ def _decide_steps(config: CheckConfig, reference: Report) -> list[Step]:
     return [
         ("index", _index),
         ("expectations", lambda s: network_expectations(s["parse docker"])),
-        ("flows", lambda s: evaluate_flows(s["expectations"], s["index"][2], config.all_flows)),
+        ("flows", lambda s: evaluate_flows(s["expectations"], s["index"].path, config.all_flows)),
         ("findings", lambda s: _findings(s, config)),
         # The report rendered is build_report's, which _check_equal holds to these phases.
         ("render", lambda _s: _render(reference)),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
@@ -26,7 +26,7 @@ from exporter.firewall.rules import IPSet, Ruleset, docker_backend
 from exporter.firewall.state import FirewallState, NftablesInfo
 from exporter.flows import evaluate_flows
 from exporter.model import DockerState, HostSettings, Setting
-from exporter.report import Finding, NetworkStatus, Report, SourceStatus
+from exporter.report import Finding, Flow, NetworkStatus, Report, SourceStatus
 from exporter.sources import SOURCE_NAMES, IptablesRead, Sources
 from exporter.sources.base import ParseMemo, Source, SourceError
 
@@ -295,12 +295,64 @@ def foreign_namespace_error(inputs: CheckInputs) -> str | None:
     )
 
 
+@dataclass(frozen=True)
+class FirewallRead:
+    """The firewall as the evaluator walks it, and the settings as the check judges them."""
+
+    firewall: FirewallState
+    settings: HostSettings | None
+    # Whether Docker manages iptables: the daemon's setting, else inferred from Docker's chains.
+    managed: Setting[bool | None]
+    path: PathInputs
+
+
+def read_firewall(inputs: CheckInputs, ipv4: IptablesRead) -> FirewallRead:
+    """The first phase of a decision: every table read, in one state with its indexes."""
+    ipv6 = inputs.ip6tables
+    firewall = FirewallState(
+        primary_backend=ipv4.primary,
+        rulesets=ipv4.rulesets + (ipv6.rulesets if ipv6 else ()),
+        bridge=inputs.ebtables,
+        ipsets=inputs.ipset,
+        nftables=inputs.nftables,
+    )
+    managed = _iptables_managed(inputs.settings, firewall)
+    settings = replace(inputs.settings, iptables=managed) if inputs.settings else None
+    path = PathInputs(
+        firewall=firewall,
+        call_iptables=settings.bridge_nf_call_iptables if settings else None,
+        call_ip6tables=settings.bridge_nf_call_ip6tables if settings else None,
+        unreadable=frozenset() if ipv6 is not None else frozenset({"ipv6"}),
+    )
+    return FirewallRead(firewall, settings, managed, path)
+
+
+def decide_findings(
+    docker: DockerState,
+    read: FirewallRead,
+    expectations: Sequence[NetworkExpectation],
+    flows: Sequence[Flow],
+    config: CheckConfig,
+) -> tuple[tuple[Finding, ...], list[NetworkStatus]]:
+    """The last phase: every finding, and each network's rule status."""
+    rules, networks = _rule_findings(expectations, read.firewall)
+    bridges = {e.network.bridge: e.network.name for e in expectations}
+    findings = (
+        *posture_findings(docker, read.managed.value, config.expect_icc, config.expect_iptables),
+        *host_findings(read.firewall, read.settings, expectations),
+        *rules,
+        *duplicate_findings(read.firewall, bridges),
+        *flow_findings(flows),
+    )
+    return findings, networks
+
+
 def build_report(inputs: CheckInputs, config: CheckConfig, started: float, began: float) -> Report:
     """Decide from what the sources gave. Pure, apart from reading the clock for the duration."""
     inputs = check_dumps_against_nft(inputs)
     statuses = inputs.statuses
     errors = tuple(s.error for s in statuses if s.error)
-    docker, ipv4, ipv6 = inputs.docker, inputs.iptables, inputs.ip6tables
+    docker, ipv4 = inputs.docker, inputs.iptables
     foreign = foreign_namespace_error(inputs)
     if docker is None or ipv4 is None or foreign:
         if foreign:
@@ -313,32 +365,11 @@ def build_report(inputs: CheckInputs, config: CheckConfig, started: float, began
             sources=statuses,
             errors=(*errors, foreign) if foreign else errors or NEEDED_FOR_A_VERDICT,
         )
-    firewall = FirewallState(
-        primary_backend=ipv4.primary,
-        rulesets=ipv4.rulesets + (ipv6.rulesets if ipv6 else ()),
-        bridge=inputs.ebtables,
-        ipsets=inputs.ipset,
-        nftables=inputs.nftables,
-    )
-    managed = _iptables_managed(inputs.settings, firewall)
-    settings = replace(inputs.settings, iptables=managed) if inputs.settings else None
-    path_inputs = PathInputs(
-        firewall=firewall,
-        call_iptables=settings.bridge_nf_call_iptables if settings else None,
-        call_ip6tables=settings.bridge_nf_call_ip6tables if settings else None,
-        unreadable=frozenset() if ipv6 is not None else frozenset({"ipv6"}),
-    )
+    read = read_firewall(inputs, ipv4)
+    firewall, settings = read.firewall, read.settings
     expectations = network_expectations(docker)
-    flows, counts = evaluate_flows(expectations, path_inputs, config.all_flows)
-    rules, networks = _rule_findings(expectations, firewall)
-    bridges = {e.network.bridge: e.network.name for e in expectations}
-    findings = (
-        *posture_findings(docker, managed.value, config.expect_icc, config.expect_iptables),
-        *host_findings(firewall, settings, expectations),
-        *rules,
-        *duplicate_findings(firewall, bridges),
-        *flow_findings(flows),
-    )
+    flows, counts = evaluate_flows(expectations, read.path, config.all_flows)
+    findings, networks = decide_findings(docker, read, expectations, flows, config)
     primary = next((r for r in firewall.for_family("ipv4") if r.backend == ipv4.primary), None)
     forward = primary.chain("filter", "FORWARD") if primary else None
     return Report(
@@ -353,7 +384,7 @@ def build_report(inputs: CheckInputs, config: CheckConfig, started: float, began
         backend_rules=tuple((r.backend, r.family, r.rule_count) for r in firewall.rulesets),
         forward_policy=forward.policy if forward else None,
         networks=tuple(networks),
-        findings=tuple(findings),
+        findings=findings,
         flows=tuple(flows),
         flow_counts=tuple(counts),
         errors=errors,
