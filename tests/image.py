@@ -94,29 +94,9 @@ class BuildDaemon(DockerLab):
         super().__init__(prefix="dnpimg")
 
     def start_builder(self, timeout: float = 60) -> None:
-        config = self.dir / "daemon.json"
-        config.write_text("{}\n")  # never the host's /etc/docker/daemon.json
-        cmd = [
-            "dockerd",
-            "--bridge=none",
-            "--iptables=false",
-            "--ip6tables=false",
-            "--ip-masq=false",
-            "--config-file",
-            str(config),
-            "--data-root",
-            str(self.dir / "data"),
-            "--exec-root",
-            str(self.dir / "exec"),
-            "-H",
-            self.docker_host,
-            "--pidfile",
-            str(self.pidfile),
-            "--containerd-namespace",
-            self.name,
-            "--containerd-plugins-namespace",
-            f"{self.name}-plugins",
-        ]
+        cmd = self.dockerd_command(
+            "--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-masq=false"
+        )
         env = {**os.environ, "PATH": SYSTEM_PATH}
         env.pop("DOCKER_HOST", None)
         with open(self.log_path, "ab") as log:

@@ -307,6 +307,31 @@ class DockerLab:
         """PATH for dockerd and `ns()`: the backend's iptables binaries come first."""
         return f"{self.bin_dir}:{SYSTEM_PATH}"
 
+    def dockerd_command(self, *flags: str) -> list[str]:
+        """dockerd with this lab's own config file, roots, socket and pidfile, then `flags`."""
+        config = self.dir / "daemon.json"
+        config.write_text("{}\n")  # never pick up the host's /etc/docker/daemon.json
+        return [
+            "dockerd",
+            "--config-file",
+            str(config),
+            "--data-root",
+            str(self.dir / "data"),
+            "--exec-root",
+            str(self.dir / "exec"),
+            "-H",
+            self.docker_host,
+            "--pidfile",
+            str(self.pidfile),
+            # Only matters if a system containerd is running (dockerd then uses it): keep this
+            # lab's containers apart from anybody else's.
+            "--containerd-namespace",
+            self.name,
+            "--containerd-plugins-namespace",
+            f"{self.name}-plugins",
+            *flags,
+        ]
+
     def start(
         self,
         icc: bool = False,
@@ -329,30 +354,10 @@ class DockerLab:
                 # Loopback up: the exporter's `serve` listens on 127.0.0.1 inside the namespace.
                 self.ns(["ip", "link", "set", "lo", "up"])
             self._link_backend(backend)
-            config = self.dir / "daemon.json"
-            config.write_text("{}\n")  # never pick up the host's /etc/docker/daemon.json
             cmd = [
                 "nsenter",
                 f"--net={self.netns_path}",
-                "dockerd",
-                f"--icc={'true' if icc else 'false'}",
-                "--config-file",
-                str(config),
-                "--data-root",
-                str(self.dir / "data"),
-                "--exec-root",
-                str(self.dir / "exec"),
-                "-H",
-                self.docker_host,
-                "--pidfile",
-                str(self.pidfile),
-                # Only matters if a system containerd is running (dockerd then uses it): keep
-                # this lab's containers apart from anybody else's.
-                "--containerd-namespace",
-                self.name,
-                "--containerd-plugins-namespace",
-                f"{self.name}-plugins",
-                *extra_args,
+                *self.dockerd_command(f"--icc={'true' if icc else 'false'}", *extra_args),
             ]
             env = {**os.environ, "PATH": self.path_env}
             env.pop("DOCKER_HOST", None)
