@@ -88,6 +88,10 @@ def _tokenize(text: str) -> list[_Token]:
     """
     if not _SHELL_SPECIAL.search(text):
         return [_Token(value) for value in _SHLEX_WHITESPACE.split(text) if value]
+    if "'" not in text and "\\" not in text:
+        simple = _split_double_quoted(text)
+        if simple is not None:
+            return simple
     values = shlex.split(text, posix=True)
     raw = shlex.shlex(text, posix=False)
     raw.whitespace_split = True
@@ -100,6 +104,25 @@ def _tokenize(text: str) -> list[_Token]:
         return [_Token(value) for value in values]
     pairs = zip(values, raw_words, strict=True)
     return [_Token(value, any(quote in word for quote in "\"'")) for value, word in pairs]
+
+
+# A word: whole in double quotes, or with no quote at all. No backslash or single quote in either.
+_SIMPLE_WORD = re.compile(r'"([^"\\\']*)"|([^ \t\r\n"\\\']+)')
+
+
+def _split_double_quoted(text: str) -> list[_Token] | None:
+    """shlex's split of a line whose quotes are only whole double-quoted words (iptables-save's
+    `--comment "abuse report"`); None for anything else (a"b", a lone quote), which shlex splits."""
+    tokens: list[_Token] = []
+    end = 0
+    for word in _SIMPLE_WORD.finditer(text):
+        gap = text[end : word.start()]
+        if gap.strip(" \t\r\n") or (not gap and tokens):
+            return None  # something between words, or two words glued together
+        quoted = word[1] is not None
+        tokens.append(_Token(word[1] if quoted else word[2], quoted))
+        end = word.end()
+    return None if text[end:].strip(" \t\r\n") else tokens
 
 
 def _is_option(token: _Token) -> bool:

@@ -697,3 +697,22 @@ def test_nft_lists_every_table() -> None:
 def test_the_plain_split_is_shlex_for_lines_without_quotes_or_backslashes(line):
     # The fast path must split exactly where shlex would (iptables-restore splits like a shell).
     assert [token.value for token in _tokenize(line)] == shlex.split(line)
+
+
+@given(st.text(alphabet=st.sampled_from(list('-Aab01 .:/!\t"_=#')), max_size=60))
+def test_the_double_quote_split_is_shlex_for_lines_without_backslashes(line):
+    # Lines with double quotes but no backslash or single quote take a path without shlex: it
+    # must give shlex's words and mark the same words quoted as the shlex path does.
+    try:
+        expected = shlex.split(line)
+    except ValueError:  # an unbalanced quote: the shlex path raises too
+        with pytest.raises(ValueError):
+            _tokenize(line)
+        return
+    tokens = _tokenize(line)
+    assert [token.value for token in tokens] == expected
+    raw = shlex.shlex(line, posix=False)
+    raw.whitespace_split, raw.commenters = True, ""
+    words = list(raw)
+    if len(words) == len(expected):
+        assert [token.quoted for token in tokens] == ['"' in word for word in words]
