@@ -231,23 +231,7 @@ def shared_libraries(binary: str) -> list[str]:
 
 def docker_import(daemon: DockerLab, root: Path, image: str, changes: tuple[str, ...]) -> None:
     with daemon.timings.step(f"import {image}"):
-        tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
-        try:
-            flags = [arg for change in changes for arg in ("-c", change)]
-            result = subprocess.run(
-                [DOCKER_CLI, "-H", daemon.docker_host, "import", *flags, "-", image],
-                stdin=tar.stdout,
-                capture_output=True,
-                text=True,
-                timeout=300,
-                check=False,
-            )
-        finally:
-            assert tar.stdout
-            tar.stdout.close()
-            tar.wait()
-    if result.returncode != 0:
-        raise LabError(f"docker import {image} failed: {result.stderr}")
+        daemon.docker_import(root, image, changes)
 
 
 def load(lab: DockerLab, image_tar: Path) -> None:

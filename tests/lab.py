@@ -838,6 +838,28 @@ class DockerLab:
         if self.bridge_nf_call() != 1:
             raise LabError("bridge-nf-call-iptables is not 1 in the lab namespace")
 
+    def docker_import(
+        self, root: Path, image: str, changes: Sequence[str] = (), *, timeout: float = 300
+    ) -> None:
+        """`docker import` of the directory tree `root` as `image` (there is no registry)."""
+        flags = [arg for change in changes for arg in ("-c", change)]
+        tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+        try:
+            result = subprocess.run(
+                [DOCKER_CLI, "-H", self.docker_host, "import", *flags, "-", image],
+                stdin=tar.stdout,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+        finally:
+            assert tar.stdout
+            tar.stdout.close()
+            tar.wait()
+        if result.returncode != 0:
+            raise LabError(f"docker import {image} failed: {result.stderr}")
+
     def _ensure_image(self) -> None:
         if self.docker("image", "inspect", IMAGE, check=False).returncode == 0:
             return
@@ -852,22 +874,7 @@ class DockerLab:
             link = root / "bin" / applet
             if not link.is_symlink():
                 link.symlink_to("busybox")
-        tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
-        try:
-            imp = subprocess.run(
-                [DOCKER_CLI, "-H", self.docker_host, "import", "-c", 'CMD ["/bin/sh"]', "-", IMAGE],
-                stdin=tar.stdout,
-                capture_output=True,
-                text=True,
-                timeout=120,
-                check=False,
-            )
-        finally:
-            assert tar.stdout
-            tar.stdout.close()
-            tar.wait()
-        if imp.returncode != 0:
-            raise LabError(f"docker import failed: {imp.stderr}")
+        self.docker_import(root, IMAGE, ('CMD ["/bin/sh"]',), timeout=120)
         shutil.rmtree(root)
 
     def _wait_running(self, c: Container, deadline: float) -> None:
