@@ -320,12 +320,9 @@ def session_images(config: Any, tmp_dir: Path) -> BuiltImages:
     return built
 
 
-def images_or_skip(request: Any, tmp_path_factory: Any) -> BuiltImages:
-    """Shared by the modules' session fixtures: skip only when not root, else build or fail."""
-    import pytest  # here, not at module level: the helpers above also run outside pytest
-
-    if os.geteuid() != 0:
-        pytest.skip("needs root: builds images with a private dockerd and runs a lab daemon")
+def images_for_tests(request: Any, tmp_path_factory: Any) -> BuiltImages:
+    """Shared by the modules' session fixtures: build once, or fail (never skip, as every lab)."""
+    assert os.geteuid() == 0, "needs root: builds images with a private dockerd, runs a lab daemon"
     built = session_images(request.config, tmp_path_factory.getbasetemp())
     timings = request.getfixturevalue("lab_timing_log")
     line = f"images built (exporter {built.size_bytes / 1e6:.0f} MB): {built.timings}"

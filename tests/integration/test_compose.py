@@ -28,7 +28,7 @@ from tests.image import (
     EXPORTER_IMAGE,
     PROMETHEUS_IMAGE,
     BuiltImages,
-    images_or_skip,
+    images_for_tests,
     load,
     wait_until,
 )
@@ -45,7 +45,7 @@ JOB = "docker-netpolicy"
 
 @pytest.fixture(scope="session")
 def images(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> BuiltImages:
-    return images_or_skip(request, tmp_path_factory)
+    return images_for_tests(request, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from tests.image import (
     EXPORTER_IMAGE,
     BuiltImages,
     image_layers,
-    images_or_skip,
+    images_for_tests,
     load,
     readme_command,
     substitute,
@@ -42,7 +42,7 @@ MAX_IMAGE_BYTES = 150 * 1000 * 1000
 
 @pytest.fixture(scope="session")
 def images(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> BuiltImages:
-    return images_or_skip(request, tmp_path_factory)
+    return images_for_tests(request, tmp_path_factory)
 
 
 @pytest.fixture(scope="module", params=BACKENDS, ids=BACKENDS)
